@@ -1,0 +1,476 @@
+//! One accepted connection: its shared handle ([`Conn`]), its reader (frames
+//! → decode → handlers, idle detection) and its single writer task (queue →
+//! socket, coalesced writes, pings, the close frame).
+//!
+//! Life of a connection:
+//! 1. the handshake registers it and answers 101 ([`crate::handshake`]);
+//! 2. [`run`] waits for the upgraded socket, spawns the writer and reads;
+//! 3. any close request (kick, replace, idle, slow consumer, protocol error,
+//!    shutdown) goes through the send queue so the writer sends the close
+//!    frame after (or, for slow consumers, instead of) what was queued; the
+//!    reader then waits at most `close_timeout` for the client's answer;
+//! 4. when both are done the connection is unregistered and the disconnect
+//!    handlers run, exactly once.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use http::HeaderMap;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::client::Inner;
+use crate::close::{code, CloseRequest, DisconnectReason};
+use crate::codec;
+use crate::error::SendError;
+use crate::metrics::Metrics;
+use crate::proto::Message;
+use crate::queue::SendQueue;
+
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// The shared state of one connection.
+pub(crate) struct Connection {
+    id: u64,
+    user: Arc<str>,
+    headers: HeaderMap,
+    peer: Option<SocketAddr>,
+    pub(crate) queue: SendQueue,
+    /// Wakes the reader: a close was requested, or it must stop now.
+    reader_wake: Notify,
+    force_stop: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Connection {
+    pub fn new(
+        id: u64,
+        user: Arc<str>,
+        headers: HeaderMap,
+        peer: Option<SocketAddr>,
+        inner: &Inner,
+    ) -> Self {
+        Connection {
+            id,
+            user,
+            headers,
+            peer,
+            queue: SendQueue::new(
+                inner.options.send_queue_capacity,
+                inner.options.send_queue_max_bytes,
+            ),
+            reader_wake: Notify::new(),
+            force_stop: AtomicBool::new(false),
+            metrics: inner.metrics.clone(),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user
+    }
+
+    pub fn user_key(&self) -> Arc<str> {
+        self.user.clone()
+    }
+
+    /// Queues an encoded frame; a full queue closes the connection (4003).
+    pub fn push(&self, frame: Bytes) -> Result<(), SendError> {
+        let r = self.queue.push(frame);
+        if let Err(e) = r {
+            self.metrics
+                .send_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if e == SendError::QueueFull {
+                warn!(user = %self.user, conn = self.id, "slow consumer: send queue full, closing with 4003");
+                self.reader_wake.notify_one();
+            }
+        }
+        r
+    }
+
+    /// Asks the connection to close; the first request's reason wins.
+    pub fn request_close(&self, req: CloseRequest) -> bool {
+        let first = self.queue.request_close(req);
+        self.reader_wake.notify_one();
+        first
+    }
+
+    /// Drops the connection now, without waiting for the close handshake.
+    pub fn force_stop(&self) {
+        self.force_stop.store(true, Ordering::SeqCst);
+        self.reader_wake.notify_one();
+    }
+}
+
+/// A connection as seen by handlers: who it is, and a way to answer it.
+///
+/// Cheap to clone. Sending through a `Conn` reaches this very connection,
+/// even if the user has since connected again elsewhere.
+#[derive(Clone)]
+pub struct Conn(pub(crate) Arc<Connection>);
+
+impl Conn {
+    /// The user id the connection is registered under.
+    pub fn user_id(&self) -> &str {
+        &self.0.user
+    }
+
+    /// The connection's id, unique within its [`WsClient`](crate::WsClient).
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The request headers the [`Authenticator`](crate::Authenticator) kept.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.0.headers
+    }
+
+    /// The peer's address, when known.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.0.peer
+    }
+
+    /// Sends a message to this connection. `timestamp_ms` is stamped now;
+    /// `sender` is kept as given (`""` means the server).
+    pub fn send(&self, mut msg: Message) -> Result<(), SendError> {
+        self.0.push(codec::encode_outbound(&mut msg))
+    }
+
+    /// Queues an already encoded message (see [`crate::codec`]).
+    pub fn send_encoded(&self, frame: Bytes) -> Result<(), SendError> {
+        self.0.push(frame)
+    }
+
+    /// Closes this connection with 4002 and `reason` (disconnect reason
+    /// `Kicked`), after what is already queued for it.
+    pub fn kick(&self, reason: &str) {
+        self.0.request_close(CloseRequest::new(
+            code::KICKED,
+            reason,
+            DisconnectReason::Kicked,
+        ));
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("user_id", &self.0.user)
+            .field("id", &self.0.id)
+            .field("peer", &self.0.peer)
+            .finish()
+    }
+}
+
+/// Serves an admitted connection from its upgrade to its end, then
+/// unregisters it and runs the disconnect handlers.
+pub(crate) async fn run(inner: Arc<Inner>, conn: Arc<Connection>, on_upgrade: OnUpgrade) {
+    let span = tracing::info_span!("ws", user = %conn.user, conn = conn.id, peer = ?conn.peer);
+    async move {
+        let reason = match on_upgrade.await {
+            Ok(upgraded) => serve(&inner, &conn, upgraded).await,
+            Err(e) => {
+                debug!(error = %e, "upgrade did not complete");
+                conn.queue.end();
+                conn.queue
+                    .close_reason()
+                    .unwrap_or(DisconnectReason::ClientClosed)
+            }
+        };
+        finish(&inner, &conn, reason).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, upgraded: Upgraded) -> DisconnectReason {
+    let o = &inner.options;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(o.read_buffer_size)
+        .write_buffer_size(o.write_buffer_size)
+        .max_message_size(Some(o.max_message_size))
+        .max_frame_size(Some(o.max_message_size));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    info!("connected");
+    let (sink, mut stream) = ws.split();
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        conn.clone(),
+        o.ping_interval,
+        inner.metrics.clone(),
+    ));
+
+    let exit = read_loop(&mut stream, inner, conn).await;
+
+    // No more messages: the writer sends a requested close frame, if any, and
+    // ends. A writer stuck on a client that does not read is cut off.
+    conn.queue.end();
+    let wait = if exit == Exit::Forced {
+        Duration::ZERO
+    } else {
+        o.close_timeout
+    };
+    let sink = match tokio::time::timeout(wait, &mut writer).await {
+        Ok(Ok(sink)) => Some(sink),
+        _ => {
+            writer.abort();
+            None
+        }
+    };
+    if exit == Exit::Drain {
+        // The stream is unusable after a read error (e.g. a frame over the
+        // limit whose payload was never read). Our close frame is out: read
+        // and discard what the client still sends until it hangs up, so the
+        // socket ends with FIN, not a reset that could eat the close frame.
+        if let Some(Ok(ws)) = sink.map(|s| s.reunite(stream)) {
+            drain(ws, o.close_timeout).await;
+        }
+    }
+    conn.queue
+        .close_reason()
+        .unwrap_or(DisconnectReason::ClientClosed)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Exit {
+    /// The stream ended (after a close handshake, or the peer vanished).
+    Clean,
+    /// A read error left the stream unusable; a close was requested.
+    Drain,
+    /// Stop now: close timeout passed, or a forced stop.
+    Forced,
+}
+
+async fn read_loop(
+    stream: &mut SplitStream<Socket>,
+    inner: &Inner,
+    conn: &Arc<Connection>,
+) -> Exit {
+    let idle = inner.options.idle_timeout;
+    let close_timeout = inner.options.close_timeout;
+    let handle = Conn(conn.clone());
+    let mut last_seen = Instant::now();
+    let mut closing_until: Option<Instant> = None;
+    let sleep = tokio::time::sleep_until(last_seen + idle);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            biased;
+            () = conn.reader_wake.notified() => {
+                if conn.force_stop.load(Ordering::SeqCst) {
+                    return Exit::Forced;
+                }
+                if closing_until.is_none() && conn.queue.is_closing() {
+                    let until = Instant::now() + close_timeout;
+                    closing_until = Some(until);
+                    sleep.as_mut().reset(until);
+                }
+            }
+            () = &mut sleep => {
+                let now = Instant::now();
+                if let Some(until) = closing_until {
+                    if now >= until {
+                        debug!("close timeout: dropping the connection");
+                        return Exit::Forced;
+                    }
+                    sleep.as_mut().reset(until);
+                } else if now >= last_seen + idle {
+                    info!(idle_ms = idle.as_millis() as u64, "idle timeout: closing with 4000");
+                    conn.request_close(CloseRequest::new(
+                        code::IDLE_TIMEOUT,
+                        "idle timeout",
+                        DisconnectReason::IdleTimeout,
+                    ));
+                    sleep.as_mut().reset(now + close_timeout);
+                } else {
+                    sleep.as_mut().reset(last_seen + idle);
+                }
+            }
+            item = stream.next() => {
+                last_seen = Instant::now();
+                let Some(item) = item else { return Exit::Clean };
+                match item {
+                    Ok(WsMessage::Binary(frame)) => {
+                        if conn.queue.is_closing() {
+                            continue;
+                        }
+                        let m = &inner.metrics;
+                        m.messages_in.fetch_add(1, Ordering::Relaxed);
+                        m.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                        match codec::decode_inbound(frame, conn.user_id()) {
+                            Ok(msg) => {
+                                debug!(id = %msg.id, r#type = %msg.r#type, "message");
+                                let panics = inner.handlers.on_message(&handle, msg).await;
+                                if panics > 0 {
+                                    m.handler_panics.fetch_add(panics, Ordering::Relaxed);
+                                }
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "undecodable message: closing with 1007");
+                                conn.request_close(CloseRequest::new(
+                                    code::INVALID_PAYLOAD,
+                                    "invalid edk.ws.v1.Message",
+                                    DisconnectReason::ProtocolError,
+                                ));
+                            }
+                        }
+                    }
+                    Ok(WsMessage::Text(_)) => {
+                        warn!("text frame: closing with 1003");
+                        conn.request_close(CloseRequest::new(
+                            code::UNSUPPORTED_DATA,
+                            "text frames are not supported; send binary edk.ws.v1.Message",
+                            DisconnectReason::ProtocolError,
+                        ));
+                    }
+                    Ok(WsMessage::Close(frame)) => {
+                        debug!(?frame, "client sent close");
+                        // Keep polling: tungstenite sends its close reply
+                        // while the stream is read, then ends it.
+                        conn.queue.end();
+                    }
+                    Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => {}
+                    Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_)) => {
+                        return Exit::Clean;
+                    }
+                    Err(WsError::Capacity(e)) => {
+                        warn!(error = %e, "message too big: closing with 1009");
+                        conn.request_close(CloseRequest::new(
+                            code::MESSAGE_TOO_BIG,
+                            "message too big",
+                            DisconnectReason::ProtocolError,
+                        ));
+                        return Exit::Drain;
+                    }
+                    Err(WsError::Utf8(_)) => {
+                        warn!("invalid UTF-8 in a text frame: closing with 1007");
+                        conn.request_close(CloseRequest::new(
+                            code::INVALID_PAYLOAD,
+                            "invalid UTF-8",
+                            DisconnectReason::ProtocolError,
+                        ));
+                        return Exit::Drain;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "protocol error: closing with 1002");
+                        conn.request_close(CloseRequest::new(
+                            code::PROTOCOL_ERROR,
+                            "protocol error",
+                            DisconnectReason::ProtocolError,
+                        ));
+                        return Exit::Drain;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The single writer: drains the queue in batches (feed each frame, flush
+/// once), pings on schedule, and ends with the close frame when one was
+/// requested. Returns the sink so the reader can reunite the halves.
+async fn write_loop(
+    mut sink: SplitSink<Socket, WsMessage>,
+    conn: Arc<Connection>,
+    ping_every: Duration,
+    metrics: Arc<Metrics>,
+) -> SplitSink<Socket, WsMessage> {
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = conn.queue.writer_wake.notified() => {}
+            _ = ping.tick() => {
+                if sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        }
+        let batch = conn.queue.take();
+        let (mut count, mut bytes, mut failed) = (0u64, 0u64, false);
+        for frame in batch.msgs {
+            let len = frame.len() as u64;
+            if sink.feed(WsMessage::Binary(frame)).await.is_err() {
+                failed = true;
+                break;
+            }
+            count += 1;
+            bytes += len;
+        }
+        if count > 0 {
+            metrics.messages_out.fetch_add(count, Ordering::Relaxed);
+            metrics.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if failed {
+            break;
+        }
+        if let Some(c) = batch.close {
+            debug!(code = c.code, reason = %c.reason, "sending close");
+            let frame = CloseFrame {
+                code: CloseCode::from(c.code),
+                reason: c.text.into(),
+            };
+            let _ = sink.send(WsMessage::Close(Some(frame))).await;
+            break;
+        }
+        if sink.flush().await.is_err() || batch.ended {
+            break;
+        }
+    }
+    sink
+}
+
+/// Reads and discards what a client still sends after our close frame, until
+/// it hangs up, `limit` passes or 64 MiB were thrown away.
+async fn drain(mut ws: Socket, limit: Duration) {
+    let io = ws.get_mut();
+    let _ = io.shutdown().await;
+    let _ = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0usize;
+        while let Ok(n) = io.read(&mut buf).await {
+            total += n;
+            if n == 0 || total > 64 << 20 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn finish(inner: &Inner, conn: &Arc<Connection>, reason: DisconnectReason) {
+    inner.registry.remove_if(conn.user_id(), conn.id());
+    inner.metrics.disconnected(reason);
+    info!(%reason, "disconnected");
+    let panics = inner
+        .handlers
+        .on_disconnect(&Conn(conn.clone()), reason)
+        .await;
+    if panics > 0 {
+        inner
+            .metrics
+            .handler_panics
+            .fetch_add(panics, Ordering::Relaxed);
+    }
+    inner.connection_ended();
+}

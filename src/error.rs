@@ -1,0 +1,37 @@
+//! What a caller learns when a message cannot be delivered.
+
+/// Why a message was not queued for a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The user has no connection here.
+    #[error("user is not connected")]
+    NotConnected,
+    /// The connection's send queue was full: the client is too slow and its
+    /// connection is being closed with 4003. The message was dropped.
+    #[error("send queue full: slow consumer disconnected")]
+    QueueFull,
+    /// The connection is already closing; the message was dropped.
+    #[error("connection is closing")]
+    Closed,
+    /// The server is shutting down; the message was dropped.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+/// The outcome of a send to several users ([`send_many`](crate::WsClient::send_many),
+/// [`broadcast`](crate::WsClient::broadcast)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendReport {
+    /// Connections the message was queued for.
+    pub queued: usize,
+    /// Users it was not queued for, and why.
+    pub failed: Vec<(String, SendError)>,
+}
+
+impl SendReport {
+    /// `true` when nothing failed.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}

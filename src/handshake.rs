@@ -1,0 +1,322 @@
+//! The warp filter that answers upgrade requests: plain HTTP refusals before
+//! the upgrade, then the 101 and the hand-off to [`crate::connection`].
+//!
+//! The upgrade is done here rather than with `warp::ws()` so that the
+//! WebSocket configuration (a ~4 KiB read buffer instead of a fixed 128 KiB)
+//! is ours.
+//!
+//! Checks, in order, and their answers:
+//!
+//! | check | answer |
+//! |---|---|
+//! | `GET` with `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` | 400 |
+//! | `Sec-WebSocket-Version: 13` | 426 (with `Sec-WebSocket-Version: 13`) |
+//! | not shutting down | 503 |
+//! | `Origin` allowed (when an allow-list is set) | 403 |
+//! | user id header: 1–128 bytes of visible ASCII | 401 |
+//! | exactly one token in `Sec-WebSocket-Protocol` | 401 |
+//! | the [`Authenticator`](crate::Authenticator) accepts it | 401 / 403 |
+//! | one connection per user (`kick_out_new_user_conn = true`) | 409 |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::StatusCode;
+use hyper::upgrade::OnUpgrade;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tracing::{debug, info};
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use crate::auth::{AuthError, AuthRequest};
+use crate::client::Inner;
+use crate::close::{code, CloseRequest, DisconnectReason};
+use crate::connection::{self, Connection};
+use crate::metrics::Refusal;
+use crate::registry::Admission;
+
+/// The subprotocol name of this wire protocol. Offered beside the token
+/// (`Sec-WebSocket-Protocol: edk.ws.v1, <token>`), it is what the server
+/// echoes.
+pub const PROTOCOL: &str = "edk.ws.v1";
+
+pub(crate) fn filter(
+    inner: Arc<Inner>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    warp::method()
+        .and(warp::header::headers_cloned())
+        .and(warp::addr::remote())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .then(move |method, headers, peer, on_upgrade| {
+            let inner = inner.clone();
+            async move { handshake(inner, method, headers, peer, on_upgrade).await }
+        })
+}
+
+fn refuse(inner: &Inner, why: Refusal, status: StatusCode, text: &'static str) -> Response {
+    inner.metrics.refuse(why);
+    debug!(status = status.as_u16(), text, "handshake refused");
+    warp::reply::with_status(text, status).into_response()
+}
+
+async fn handshake(
+    inner: Arc<Inner>,
+    method: http::Method,
+    headers: HeaderMap,
+    peer: Option<SocketAddr>,
+    on_upgrade: Option<OnUpgrade>,
+) -> Response {
+    use Refusal::*;
+    let key = match (
+        method == http::Method::GET,
+        is_upgrade(&headers),
+        on_upgrade.is_some(),
+    ) {
+        (true, true, true) => headers.get(header::SEC_WEBSOCKET_KEY),
+        _ => None,
+    };
+    let (Some(key), Some(on_upgrade)) = (key, on_upgrade) else {
+        return refuse(
+            &inner,
+            BadRequest,
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade request",
+        );
+    };
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut r = refuse(
+            &inner,
+            BadRequest,
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported WebSocket version: use 13",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
+    }
+    if inner.registry.is_closed() {
+        return refuse(
+            &inner,
+            ShuttingDown,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down",
+        );
+    }
+    if !origin_allowed(&inner.options.allowed_origins, &headers) {
+        return refuse(
+            &inner,
+            Forbidden,
+            StatusCode::FORBIDDEN,
+            "origin not allowed",
+        );
+    }
+    let Some(user_id) = headers
+        .get(inner.options.user_id_header.as_str())
+        .and_then(|v| valid_user_id(v.as_bytes()))
+    else {
+        return refuse(
+            &inner,
+            Unauthorized,
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid user id header",
+        );
+    };
+    let Some((token, offered_protocol)) = parse_protocols(&headers) else {
+        return refuse(
+            &inner,
+            Unauthorized,
+            StatusCode::UNAUTHORIZED,
+            "missing token in Sec-WebSocket-Protocol",
+        );
+    };
+    let req = AuthRequest {
+        user_id,
+        token,
+        headers: &headers,
+        peer,
+    };
+    let identity = match inner.auth.authenticate(&req).await {
+        Ok(id) => id,
+        Err(AuthError::Unauthorized(why)) => {
+            debug!(user = user_id, %why, "token refused");
+            return refuse(
+                &inner,
+                Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "invalid token",
+            );
+        }
+        Err(AuthError::Forbidden(why)) => {
+            debug!(user = user_id, %why, "token forbidden");
+            return refuse(&inner, Forbidden, StatusCode::FORBIDDEN, "forbidden");
+        }
+    };
+    let Some(user) = valid_user_id(identity.user_id.as_bytes()) else {
+        return refuse(
+            &inner,
+            Unauthorized,
+            StatusCode::UNAUTHORIZED,
+            "invalid user id",
+        );
+    };
+
+    let conn = Arc::new(Connection::new(
+        inner.next_conn_id(),
+        Arc::from(user),
+        identity.headers,
+        peer,
+        &inner,
+    ));
+    inner.connection_started();
+    match inner
+        .registry
+        .admit(conn.clone(), inner.options.kick_out_new_user_conn)
+    {
+        Admission::Admitted { replaced } => {
+            if let Some(old) = replaced {
+                info!(user = %old.user_id(), conn = old.id(), by = conn.id(), "replaced by a new connection");
+                old.request_close(CloseRequest::new(
+                    code::REPLACED,
+                    "replaced by a new connection",
+                    DisconnectReason::Replaced,
+                ));
+            }
+        }
+        Admission::Conflict => {
+            inner.connection_ended();
+            return refuse(
+                &inner,
+                Conflict,
+                StatusCode::CONFLICT,
+                "user already connected",
+            );
+        }
+        Admission::Closed => {
+            inner.connection_ended();
+            return refuse(
+                &inner,
+                ShuttingDown,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting down",
+            );
+        }
+    }
+    inner
+        .metrics
+        .accepted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+
+    let accept = derive_accept_key(key.as_bytes());
+    // Browsers fail a handshake whose offered subprotocol is not echoed.
+    let echo = if offered_protocol { PROTOCOL } else { token };
+    tokio::spawn(connection::run(inner, conn, on_upgrade));
+
+    let mut res = warp::reply().into_response();
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(echo) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
+    res
+}
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, header::CONNECTION, "upgrade")
+        && has_token(headers, header::UPGRADE, "websocket")
+}
+
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(origin) => allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)),
+        None => false,
+    }
+}
+
+/// 1–128 bytes of visible ASCII (0x21–0x7E).
+pub(crate) fn valid_user_id(v: &[u8]) -> Option<&str> {
+    if v.is_empty() || v.len() > 128 || !v.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()
+}
+
+/// The token from `Sec-WebSocket-Protocol`, in either form: `<token>` alone,
+/// or `edk.ws.v1, <token>` (any order), and whether `edk.ws.v1` was offered.
+/// `None` when there is no token or more than one candidate.
+fn parse_protocols(headers: &HeaderMap) -> Option<(&str, bool)> {
+    let mut offered_protocol = false;
+    let mut token: Option<&str> = None;
+    for v in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        for item in v
+            .to_str()
+            .ok()?
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            if item == PROTOCOL {
+                offered_protocol = true;
+            } else if token.replace(item).is_some() {
+                return None;
+            }
+        }
+    }
+    Some((token?, offered_protocol))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(v: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_str(v).unwrap(),
+        );
+        m
+    }
+
+    #[test]
+    fn token_forms() {
+        assert_eq!(parse_protocols(&h("abc")), Some(("abc", false)));
+        assert_eq!(parse_protocols(&h("edk.ws.v1, abc")), Some(("abc", true)));
+        assert_eq!(parse_protocols(&h("abc, edk.ws.v1")), Some(("abc", true)));
+        assert_eq!(parse_protocols(&h("edk.ws.v1")), None);
+        assert_eq!(parse_protocols(&h("a, b")), None);
+        assert_eq!(parse_protocols(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn user_ids() {
+        assert!(valid_user_id(b"alice").is_some());
+        assert!(valid_user_id(b"").is_none());
+        assert!(valid_user_id(b"a b").is_none());
+        assert!(valid_user_id(&[b'a'; 129]).is_none());
+        assert!(valid_user_id(&[b'a'; 128]).is_some());
+    }
+}
