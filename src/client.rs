@@ -1,10 +1,12 @@
 //! [`WsClient`]: the module's public handle (the Go module's `ws.New()`).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use tokio::sync::Notify;
 use warp::reply::Response;
 use warp::Filter;
@@ -17,8 +19,11 @@ use crate::error::{SendError, SendReport};
 use crate::handlers::{Handlers, Subscription};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::options::Options;
-use crate::proto::Message;
+use crate::policy::{AllowAll, RoomPolicy, StateChange};
+use crate::presence::{ActivityError, Presence};
+use crate::proto::{Activity, Members, Message, Status};
 use crate::registry::Registry;
+use crate::rooms::{RoomError, Rooms};
 
 /// The WebSocket endpoint: mount its [`handler`](WsClient::handler) on a warp
 /// route, subscribe handlers, and send to users.
@@ -60,12 +65,19 @@ pub(crate) struct Inner {
     pub registry: Registry,
     pub handlers: Arc<Handlers>,
     pub metrics: Arc<Metrics>,
+    pub rooms: Rooms,
+    pub presence: Presence,
+    policy: RwLock<Arc<dyn RoomPolicy>>,
     next_conn_id: AtomicU64,
     live: AtomicUsize,
     idle: Notify,
 }
 
 impl Inner {
+    pub fn room_policy(&self) -> Arc<dyn RoomPolicy> {
+        self.policy.read().clone()
+    }
+
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -121,6 +133,9 @@ impl WsClient {
                 registry: Registry::new(),
                 handlers: Arc::new(Handlers::new()),
                 metrics: Arc::new(Metrics::default()),
+                rooms: Rooms::new(),
+                presence: Presence::new(),
+                policy: RwLock::new(Arc::new(AllowAll)),
                 next_conn_id: AtomicU64::new(1),
                 live: AtomicUsize::new(0),
                 idle: Notify::new(),
@@ -266,6 +281,163 @@ impl WsClient {
     /// Number of registered users (one connection each).
     pub fn user_count(&self) -> usize {
         self.inner.registry.len()
+    }
+
+    /// Sets the room policy (join, state and publish hooks; per-room
+    /// settings). The default, [`AllowAll`], allows everything.
+    pub fn set_room_policy(&self, policy: impl RoomPolicy) {
+        *self.inner.policy.write() = Arc::new(policy);
+    }
+
+    /// Joins `user_id`'s connection to `room` with member `state` (no policy
+    /// check: the server is trusted). Joining again replaces the state.
+    pub fn join(
+        &self,
+        user_id: &str,
+        room: &str,
+        state: HashMap<String, String>,
+    ) -> Result<(), RoomError> {
+        let conn = self
+            .inner
+            .registry
+            .get(user_id)
+            .ok_or(RoomError::NotConnected)?;
+        self.inner
+            .rooms
+            .join(&self.inner, &conn, room, state, false)
+    }
+
+    /// Removes `user_id` from `room`; the others get a leave event.
+    pub fn leave(&self, user_id: &str, room: &str) -> Result<(), RoomError> {
+        let conn = self
+            .inner
+            .registry
+            .get(user_id)
+            .ok_or(RoomError::NotConnected)?;
+        self.inner.rooms.leave(&self.inner, &conn, room)
+    }
+
+    /// Publishes `msg` to every member of `room` (encoded once), stamped
+    /// with the room and the time; `sender` is kept as given.
+    pub fn publish(&self, room: &str, msg: Message) -> Result<SendReport, RoomError> {
+        self.publish_except(room, msg, &[])
+    }
+
+    /// Like [`publish`](WsClient::publish), skipping the users in `exclude`.
+    pub fn publish_except(
+        &self,
+        room: &str,
+        msg: Message,
+        exclude: &[&str],
+    ) -> Result<SendReport, RoomError> {
+        self.inner.rooms.publish(room, msg, None, exclude)
+    }
+
+    /// The members of `room` (with their state) and its shared state.
+    pub fn members(&self, room: &str) -> Option<Members> {
+        self.inner.rooms.members(room)
+    }
+
+    /// The shared state of `room`.
+    pub fn room_state(&self, room: &str) -> Option<HashMap<String, String>> {
+        self.inner.rooms.room_state(room)
+    }
+
+    /// Sets and removes keys of `room`'s shared state (no policy check);
+    /// every member gets `StateChanged` with an empty `user_id`.
+    pub fn set_room_state(
+        &self,
+        room: &str,
+        changes: HashMap<String, String>,
+        removed: Vec<String>,
+    ) -> Result<(), RoomError> {
+        let change = StateChange {
+            room_changes: changes,
+            room_removed: removed,
+            ..Default::default()
+        };
+        self.inner
+            .rooms
+            .update_state(&self.inner, room, None, change)
+    }
+
+    /// Closes `room`: every member gets `RoomClosed { reason }` and is no
+    /// longer in it. Returns how many members it had.
+    pub fn close_room(&self, room: &str, reason: &str) -> Result<usize, RoomError> {
+        self.inner
+            .rooms
+            .close(room, reason)
+            .ok_or(RoomError::NotFound)
+    }
+
+    /// Names of the rooms that exist now (rooms with members).
+    pub fn rooms(&self) -> Vec<String> {
+        self.inner.rooms.names()
+    }
+
+    /// Number of rooms.
+    pub fn room_count(&self) -> usize {
+        self.inner.rooms.len()
+    }
+
+    /// `user_id`'s activity; `None` means offline.
+    pub fn activity(&self, user_id: &str) -> Option<Activity> {
+        if self.inner.options.online_activities_disabled {
+            return None;
+        }
+        self.inner.presence.get(user_id)
+    }
+
+    /// Every non-offline activity.
+    pub fn activities(&self) -> Vec<Activity> {
+        if self.inner.options.online_activities_disabled {
+            return Vec::new();
+        }
+        self.inner.presence.list()
+    }
+
+    /// Sets a connected user's activity, as if the user had sent
+    /// `SetActivity`; it propagates to every other connected user.
+    pub fn set_activity(
+        &self,
+        user_id: &str,
+        status: Status,
+        detail: &str,
+    ) -> Result<(), ActivityError> {
+        if self.inner.options.online_activities_disabled {
+            return Err(ActivityError::Disabled);
+        }
+        let conn = self
+            .inner
+            .registry
+            .get(user_id)
+            .ok_or(ActivityError::NotConnected)?;
+        self.inner
+            .presence
+            .set(&self.inner, &conn, status, detail.to_owned());
+        Ok(())
+    }
+
+    /// Calls `handler` on every activity change (including going offline),
+    /// synchronously: keep it quick, spawn for real work.
+    pub fn subscribe_activity_handler(&self, handler: impl Fn(&Activity) + Send + Sync + 'static) {
+        self.inner.presence.subscribe(Arc::new(handler));
+    }
+
+    /// Registers a connection with no socket behind it, for benchmarks of
+    /// the delivery path (`benches/`). Not part of the supported API.
+    #[doc(hidden)]
+    pub fn __bench_attach(&self, user_id: &str) -> Conn {
+        let inner = &self.inner;
+        let conn = Arc::new(crate::connection::Connection::new(
+            inner.next_conn_id(),
+            Arc::from(user_id),
+            http::HeaderMap::new(),
+            None,
+            inner,
+        ));
+        let _ = inner.registry.admit(conn.clone(), false);
+        Conn(conn)
     }
 
     /// The counters.

@@ -23,6 +23,7 @@ use futures::{SinkExt, StreamExt};
 use http::HeaderMap;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -35,12 +36,14 @@ use tracing::{debug, info, warn, Instrument};
 use crate::client::Inner;
 use crate::close::{code, CloseRequest, DisconnectReason};
 use crate::codec;
+use crate::control;
 use crate::error::SendError;
+use crate::io::{CoalescingIo, OutBuf};
 use crate::metrics::Metrics;
 use crate::proto::Message;
 use crate::queue::SendQueue;
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Socket = WebSocketStream<CoalescingIo<TokioIo<Upgraded>>>;
 
 /// The shared state of one connection.
 pub(crate) struct Connection {
@@ -53,6 +56,8 @@ pub(crate) struct Connection {
     reader_wake: Notify,
     force_stop: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Rooms joined; `None` once the connection ended (no more joins).
+    pub(crate) rooms: Mutex<Option<Vec<Arc<str>>>>,
 }
 
 impl Connection {
@@ -75,6 +80,7 @@ impl Connection {
             reader_wake: Notify::new(),
             force_stop: AtomicBool::new(false),
             metrics: inner.metrics.clone(),
+            rooms: Mutex::new(Some(Vec::new())),
         }
     }
 
@@ -169,6 +175,15 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Takes what is queued for a socket-less benchmark connection and
+    /// returns how many frames there were. Not part of the supported API.
+    #[doc(hidden)]
+    pub fn __bench_drain(&self) -> usize {
+        self.0.queue.take().msgs.len()
+    }
+}
+
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
@@ -194,7 +209,7 @@ pub(crate) async fn run(inner: Arc<Inner>, conn: Arc<Connection>, on_upgrade: On
                     .unwrap_or(DisconnectReason::ClientClosed)
             }
         };
-        finish(&inner, &conn, reason).await;
+        Box::pin(finish(&inner, &conn, reason)).await;
     }
     .instrument(span)
     .await
@@ -204,15 +219,20 @@ async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, upgraded: Upgraded) -
     let o = &inner.options;
     let config = WebSocketConfig::default()
         .read_buffer_size(o.read_buffer_size)
-        .write_buffer_size(o.write_buffer_size)
+        // Frames go straight down to `CoalescingIo`, which batches them and
+        // frees its buffer after each flush (see `crate::io`).
+        .write_buffer_size(0)
         .max_message_size(Some(o.max_message_size))
         .max_frame_size(Some(o.max_message_size));
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let out = OutBuf::default();
+    let io = CoalescingIo::new(TokioIo::new(upgraded), out.clone(), o.write_buffer_size);
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     info!("connected");
     let (sink, mut stream) = ws.split();
     let mut writer = tokio::spawn(write_loop(
         sink,
+        out,
+        o.write_buffer_size,
         conn.clone(),
         o.ping_interval,
         inner.metrics.clone(),
@@ -261,12 +281,13 @@ enum Exit {
 
 async fn read_loop(
     stream: &mut SplitStream<Socket>,
-    inner: &Inner,
+    inner: &Arc<Inner>,
     conn: &Arc<Connection>,
 ) -> Exit {
     let idle = inner.options.idle_timeout;
     let close_timeout = inner.options.close_timeout;
     let handle = Conn(conn.clone());
+    let mut limiter = control::Limiter::default();
     let mut last_seen = Instant::now();
     let mut closing_until: Option<Instant> = None;
     let sleep = tokio::time::sleep_until(last_seen + idle);
@@ -317,8 +338,15 @@ async fn read_loop(
                         m.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
                         match codec::decode_inbound(frame, conn.user_id()) {
                             Ok(msg) => {
-                                debug!(id = %msg.id, r#type = %msg.r#type, "message");
-                                let panics = inner.handlers.on_message(&handle, msg).await;
+                                debug!(id = %msg.id, r#type = %msg.r#type, room = %msg.room, "message");
+                                if control::is_request(&msg) {
+                                    // Boxed: the request future is large and rare; inlining it
+                                    // would grow every idle connection's task.
+                                    Box::pin(control::handle(inner, &handle, &mut limiter, msg)).await;
+                                    continue;
+                                }
+                                // Boxed for the same reason: the task keeps only a pointer.
+                                let panics = Box::pin(inner.handlers.on_message(&handle, msg)).await;
                                 if panics > 0 {
                                     m.handler_panics.fetch_add(panics, Ordering::Relaxed);
                                 }
@@ -384,11 +412,13 @@ async fn read_loop(
     }
 }
 
-/// The single writer: drains the queue in batches (feed each frame, flush
-/// once), pings on schedule, and ends with the close frame when one was
+/// The single writer: drains the queue in batches (append each frame to the
+/// connection's [`OutBuf`], flush once: one syscall), pings on schedule, and ends with the close frame when one was
 /// requested. Returns the sink so the reader can reunite the halves.
 async fn write_loop(
     mut sink: SplitSink<Socket, WsMessage>,
+    out: OutBuf,
+    flush_above: usize,
     conn: Arc<Connection>,
     ping_every: Duration,
     metrics: Arc<Metrics>,
@@ -409,13 +439,15 @@ async fn write_loop(
         let batch = conn.queue.take();
         let (mut count, mut bytes, mut failed) = (0u64, 0u64, false);
         for frame in batch.msgs {
-            let len = frame.len() as u64;
-            if sink.feed(WsMessage::Binary(frame)).await.is_err() {
+            // Straight into our buffer, not through tungstenite's (which
+            // would keep the capacity of the biggest frame forever).
+            out.push_binary(&frame);
+            count += 1;
+            bytes += frame.len() as u64;
+            if out.pending() >= flush_above && sink.flush().await.is_err() {
                 failed = true;
                 break;
             }
-            count += 1;
-            bytes += len;
         }
         if count > 0 {
             metrics.messages_out.fetch_add(count, Ordering::Relaxed);
@@ -443,10 +475,12 @@ async fn write_loop(
 /// Reads and discards what a client still sends after our close frame, until
 /// it hangs up, `limit` passes or 64 MiB were thrown away.
 async fn drain(mut ws: Socket, limit: Duration) {
-    let io = ws.get_mut();
+    let io = ws.get_mut().get_mut();
     let _ = io.shutdown().await;
     let _ = tokio::time::timeout(limit, async {
-        let mut buf = [0u8; 4096];
+        // On the heap: an array here would be part of every connection
+        // task's state, drained or not.
+        let mut buf = vec![0u8; 4096];
         let mut total = 0usize;
         while let Ok(n) = io.read(&mut buf).await {
             total += n;
@@ -458,8 +492,10 @@ async fn drain(mut ws: Socket, limit: Duration) {
     .await;
 }
 
-async fn finish(inner: &Inner, conn: &Arc<Connection>, reason: DisconnectReason) {
+async fn finish(inner: &Arc<Inner>, conn: &Arc<Connection>, reason: DisconnectReason) {
     inner.registry.remove_if(conn.user_id(), conn.id());
+    inner.rooms.leave_all(inner, conn);
+    inner.presence.disconnected(inner, conn);
     inner.metrics.disconnected(reason);
     info!(%reason, "disconnected");
     let panics = inner

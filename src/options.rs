@@ -22,6 +22,16 @@ use std::time::Duration;
 /// | `ping_interval` | 25 s | `EDK_WS_PING_INTERVAL` |
 /// | `idle_timeout` | 60 s | `EDK_WS_IDLE_TIMEOUT` |
 /// | `close_timeout` | 5 s | `EDK_WS_CLOSE_TIMEOUT` |
+/// | `max_rooms_per_connection` | 128 | `EDK_WS_MAX_ROOMS_PER_CONNECTION` |
+/// | `max_members_per_room` | 0 (no limit) | `EDK_WS_MAX_MEMBERS_PER_ROOM` |
+/// | `max_state_keys` | 64 | `EDK_WS_MAX_STATE_KEYS` |
+/// | `max_state_bytes` | 16 KiB | `EDK_WS_MAX_STATE_BYTES` |
+/// | `room_member_events` | `true` | `EDK_WS_ROOM_MEMBER_EVENTS` |
+/// | `room_publish_echo` | `false` | `EDK_WS_ROOM_PUBLISH_ECHO` |
+/// | `room_member_events_batch_above` | 64 | `EDK_WS_ROOM_MEMBER_EVENTS_BATCH_ABOVE` |
+/// | `event_batch_interval` | 100 ms | `EDK_WS_EVENT_BATCH_INTERVAL` |
+/// | `online_activities_disabled` | `false` | `SERVER_ONLINE_ACTIVITIES_DISABLED` |
+/// | `max_requests_per_second` | 200 | `EDK_WS_MAX_REQUESTS_PER_SECOND` |
 ///
 /// ```
 /// use std::time::Duration;
@@ -33,7 +43,6 @@ use std::time::Duration;
 /// assert_eq!(opts.ping_interval, Duration::from_secs(25));
 /// ```
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct Options {
     /// `false`: a new connection of a user replaces the old one, which is
     /// closed with 4001. `true`: the new connection is refused with HTTP 409
@@ -65,6 +74,32 @@ pub struct Options {
     /// How long a closing connection may take to answer our close frame (or
     /// to take the bytes queued before it) before the socket is dropped.
     pub close_timeout: Duration,
+    /// Rooms one connection may be in at once (`TOO_MANY_ROOMS` beyond).
+    pub max_rooms_per_connection: usize,
+    /// Members one room may have (`ROOM_FULL` beyond); 0 means no limit.
+    pub max_members_per_room: usize,
+    /// Keys one state map (a room's, or a member's) may hold.
+    pub max_state_keys: usize,
+    /// Bytes (keys plus values) one state map may hold.
+    pub max_state_bytes: usize,
+    /// Whether members get `MemberChanged` when others join or leave (a room
+    /// policy can change it per room).
+    pub room_member_events: bool,
+    /// Whether a room publish is also delivered back to its sender.
+    pub room_publish_echo: bool,
+    /// Rooms with more members than this get their member events coalesced
+    /// into one `MemberChanges` per member per `event_batch_interval`.
+    pub room_member_events_batch_above: usize,
+    /// The batch window of activity changes (and of large rooms' member
+    /// events): each recipient gets at most one frame per window.
+    pub event_batch_interval: Duration,
+    /// Activities off: `SetActivity` gets `ACTIVITIES_DISABLED`, nothing
+    /// propagates, every user appears offline. Env:
+    /// `SERVER_ONLINE_ACTIVITIES_DISABLED` (exact name).
+    pub online_activities_disabled: bool,
+    /// Module requests (control verbs and room publishes) one connection may
+    /// make per second, with bursts of twice that; beyond, `RATE_LIMITED`.
+    pub max_requests_per_second: u32,
 }
 
 impl Default for Options {
@@ -81,6 +116,16 @@ impl Default for Options {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(5),
+            max_rooms_per_connection: 128,
+            max_members_per_room: 0,
+            max_state_keys: 64,
+            max_state_bytes: 16 << 10,
+            room_member_events: true,
+            room_publish_echo: false,
+            room_member_events_batch_above: 64,
+            event_batch_interval: Duration::from_millis(100),
+            online_activities_disabled: false,
+            max_requests_per_second: 200,
         }
     }
 }
@@ -135,6 +180,27 @@ impl Options {
         r.duration("EDK_WS_PING_INTERVAL", &mut o.ping_interval)?;
         r.duration("EDK_WS_IDLE_TIMEOUT", &mut o.idle_timeout)?;
         r.duration("EDK_WS_CLOSE_TIMEOUT", &mut o.close_timeout)?;
+        r.size(
+            "EDK_WS_MAX_ROOMS_PER_CONNECTION",
+            &mut o.max_rooms_per_connection,
+        )?;
+        r.size_or_zero("EDK_WS_MAX_MEMBERS_PER_ROOM", &mut o.max_members_per_room)?;
+        r.size("EDK_WS_MAX_STATE_KEYS", &mut o.max_state_keys)?;
+        r.size("EDK_WS_MAX_STATE_BYTES", &mut o.max_state_bytes)?;
+        r.bool("EDK_WS_ROOM_MEMBER_EVENTS", &mut o.room_member_events)?;
+        r.bool("EDK_WS_ROOM_PUBLISH_ECHO", &mut o.room_publish_echo)?;
+        r.size_or_zero(
+            "EDK_WS_ROOM_MEMBER_EVENTS_BATCH_ABOVE",
+            &mut o.room_member_events_batch_above,
+        )?;
+        r.duration("EDK_WS_EVENT_BATCH_INTERVAL", &mut o.event_batch_interval)?;
+        r.bool(
+            "SERVER_ONLINE_ACTIVITIES_DISABLED",
+            &mut o.online_activities_disabled,
+        )?;
+        let mut rps = o.max_requests_per_second as usize;
+        r.size("EDK_WS_MAX_REQUESTS_PER_SECOND", &mut rps)?;
+        o.max_requests_per_second = rps.min(u32::MAX as usize) as u32;
         Ok(o)
     }
 }
@@ -169,6 +235,15 @@ impl Reader<'_> {
                 Ok(n) if n > 0 => *out = n,
                 _ => return Err(err(var, &v, "expected a positive integer")),
             }
+        }
+        Ok(())
+    }
+
+    fn size_or_zero(&self, var: &'static str, out: &mut usize) -> Result<(), OptionsError> {
+        if let Some(v) = self.raw(var) {
+            *out = v
+                .parse::<usize>()
+                .map_err(|_| err(var, &v, "expected a non-negative integer"))?;
         }
         Ok(())
     }
@@ -218,6 +293,8 @@ mod tests {
                 "https://a.example, https://b.example",
             ),
             ("EDK_WS_SEND_QUEUE_CAPACITY", "8"),
+            ("SERVER_ONLINE_ACTIVITIES_DISABLED", "true"),
+            ("EDK_WS_MAX_MEMBERS_PER_ROOM", "0"),
         ])
         .unwrap();
         assert!(o.kick_out_new_user_conn);
@@ -227,6 +304,8 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert_eq!(o.send_queue_capacity, 8);
+        assert!(o.online_activities_disabled);
+        assert_eq!(o.max_members_per_room, 0);
         assert_eq!(o.idle_timeout, Duration::from_secs(60));
     }
 

@@ -1,0 +1,227 @@
+//! Client requests handled by the module itself — a message with `control`
+//! set, or with `room` set (a publish) — and their replies.
+//!
+//! Every request with a non-empty `id` gets exactly one reply with that id:
+//! `Ack`, `Members`, `Activities` or `Error`. A failed request with an empty
+//! id still gets its `Error` (with an empty id); a successful one gets
+//! nothing.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tracing::debug;
+
+use crate::client::Inner;
+use crate::codec;
+use crate::connection::Conn;
+use crate::policy::{JoinDecision, StateChange};
+use crate::proto::error::Code;
+use crate::proto::message::Control;
+use crate::proto::{Ack, Activities, Error, Message, Status};
+use crate::rooms::{check_state, valid_room_name, RoomError};
+
+/// The longest activity `detail`, in bytes.
+const MAX_DETAIL_BYTES: usize = 256;
+
+/// Whether a decoded message is for the module rather than for handlers.
+pub(crate) fn is_request(msg: &Message) -> bool {
+    msg.control.is_some() || !msg.room.is_empty()
+}
+
+/// Per-connection request budget, created on the first request (idle
+/// connections pay nothing).
+#[derive(Default)]
+pub(crate) struct Limiter(Option<DefaultDirectRateLimiter>);
+
+impl Limiter {
+    fn allow(&mut self, per_second: u32) -> bool {
+        let Some(rate) = NonZeroU32::new(per_second) else {
+            return true;
+        };
+        let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+        self.0
+            .get_or_insert_with(|| RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)))
+            .check()
+            .is_ok()
+    }
+}
+
+struct ReqError {
+    code: Code,
+    message: String,
+}
+
+impl ReqError {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        ReqError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<RoomError> for ReqError {
+    fn from(e: RoomError) -> Self {
+        let code = match &e {
+            RoomError::InvalidName => Code::InvalidRequest,
+            RoomError::NotFound => Code::NotFound,
+            RoomError::NotAMember => Code::NotAMember,
+            RoomError::Forbidden(_) => Code::Forbidden,
+            RoomError::RoomFull => Code::RoomFull,
+            RoomError::TooManyRooms => Code::TooManyRooms,
+            RoomError::StateTooLarge => Code::StateTooLarge,
+            RoomError::NotConnected => Code::InvalidRequest,
+        };
+        ReqError::new(code, e.to_string())
+    }
+}
+
+/// Handles one request and sends its reply.
+pub(crate) async fn handle(inner: &Arc<Inner>, conn: &Conn, limiter: &mut Limiter, msg: Message) {
+    let id = msg.id.clone();
+    let result = if limiter.allow(inner.options.max_requests_per_second) {
+        dispatch(inner, conn, msg).await
+    } else {
+        Err(ReqError::new(Code::RateLimited, "too many requests"))
+    };
+    let control = match result {
+        Ok(None) if id.is_empty() => return,
+        Ok(None) => Control::Ack(Ack {}),
+        Ok(Some(reply)) => reply,
+        Err(e) => {
+            debug!(id = %id, code = ?e.code, message = %e.message, "request refused");
+            Control::Error(Error {
+                code: e.code as i32,
+                message: e.message,
+            })
+        }
+    };
+    let mut reply = Message {
+        id,
+        control: Some(control),
+        ..Default::default()
+    };
+    if let Err(e) = conn.send_encoded(codec::encode_outbound(&mut reply)) {
+        debug!(error = %e, "reply not delivered");
+    }
+}
+
+/// Runs a request; `Ok(None)` means a plain `Ack`.
+async fn dispatch(
+    inner: &Arc<Inner>,
+    conn: &Conn,
+    mut msg: Message,
+) -> Result<Option<Control>, ReqError> {
+    let c = &conn.0;
+    let rooms = &inner.rooms;
+    match msg.control.take() {
+        None => {
+            let room = std::mem::take(&mut msg.room);
+            valid_room_name(&room)?;
+            let read_only = rooms
+                .membership(&room, c.user_id())
+                .map_err(not_found_is_not_member)?;
+            if read_only {
+                return Err(RoomError::Forbidden("read-only member".into()).into());
+            }
+            inner
+                .room_policy()
+                .on_publish(conn, &room, &msg)
+                .await
+                .map_err(|why| ReqError::new(Code::Forbidden, why))?;
+            let report = rooms.publish(&room, msg, Some(c), &[])?;
+            if !report.failed.is_empty() {
+                debug!(
+                    room,
+                    failed = report.failed.len(),
+                    "publish not queued for some members"
+                );
+            }
+            Ok(None)
+        }
+        Some(Control::Join(j)) => {
+            valid_room_name(&j.room)?;
+            let mut state = j.state;
+            check_state(inner, &state)?;
+            match inner.room_policy().on_join(conn, &j.room, &mut state).await {
+                JoinDecision::Deny(why) => Err(ReqError::new(Code::Forbidden, why)),
+                JoinDecision::Allow { read_only } => {
+                    rooms.join(inner, c, &j.room, state, read_only)?;
+                    Ok(None)
+                }
+            }
+        }
+        Some(Control::Leave(l)) => {
+            valid_room_name(&l.room)?;
+            rooms.leave(inner, c, &l.room)?;
+            Ok(None)
+        }
+        Some(Control::ListMembers(l)) => {
+            valid_room_name(&l.room)?;
+            rooms.membership(&l.room, c.user_id())?;
+            let members = rooms.members(&l.room).ok_or(RoomError::NotFound)?;
+            Ok(Some(Control::Members(members)))
+        }
+        Some(Control::UpdateState(u)) => {
+            valid_room_name(&u.room)?;
+            if rooms.membership(&u.room, c.user_id())? {
+                return Err(RoomError::Forbidden("read-only member".into()).into());
+            }
+            let mut change = StateChange {
+                room_changes: u.room_changes,
+                room_removed: u.room_removed,
+                member_changes: u.member_changes,
+                member_removed: u.member_removed,
+            };
+            if change.is_empty() {
+                return Err(ReqError::new(Code::InvalidRequest, "no change"));
+            }
+            inner
+                .room_policy()
+                .on_state_change(conn, &u.room, &mut change)
+                .await
+                .map_err(|why| ReqError::new(Code::Forbidden, why))?;
+            rooms.update_state(inner, &u.room, Some(c), change)?;
+            Ok(None)
+        }
+        Some(Control::SetActivity(s)) => {
+            if inner.options.online_activities_disabled {
+                return Err(activities_disabled());
+            }
+            let status = Status::try_from(s.status)
+                .map_err(|_| ReqError::new(Code::InvalidRequest, "unknown status"))?;
+            if s.detail.len() > MAX_DETAIL_BYTES {
+                return Err(ReqError::new(Code::InvalidRequest, "detail over 256 bytes"));
+            }
+            inner.presence.set(inner, c, status, s.detail);
+            Ok(None)
+        }
+        Some(Control::ListActivities(_)) => {
+            if inner.options.online_activities_disabled {
+                return Err(activities_disabled());
+            }
+            Ok(Some(Control::Activities(Activities {
+                activities: inner.presence.list(),
+            })))
+        }
+        Some(_) => Err(ReqError::new(
+            Code::InvalidRequest,
+            "not a request (server-to-client control)",
+        )),
+    }
+}
+
+fn not_found_is_not_member(e: RoomError) -> RoomError {
+    match e {
+        RoomError::NotFound => RoomError::NotAMember,
+        e => e,
+    }
+}
+
+fn activities_disabled() -> ReqError {
+    ReqError::new(
+        Code::ActivitiesDisabled,
+        "activities are disabled on this server",
+    )
+}

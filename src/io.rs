@@ -1,0 +1,167 @@
+//! The socket under a connection's WebSocket: one write buffer, owned by
+//! us, that leaves in one syscall per flush and is freed afterwards.
+//!
+//! tungstenite keeps its own write buffer's capacity forever, so a
+//! connection that once received a big frame would hold that memory while
+//! idle. So the connection's writer bypasses tungstenite for data frames:
+//! it appends complete binary frames straight into [`OutBuf`], and
+//! tungstenite (run with a write buffer of 0) hands its own frames — pings,
+//! pongs, the close frame — down into the same buffer. Every append is a
+//! whole frame, so frames never interleave; the writer sends the close
+//! frame last. On flush the buffer is written out and its memory released.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Capacity kept after a flush; more is freed.
+const KEEP: usize = 512;
+
+#[derive(Default)]
+struct State {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    pos: usize,
+}
+
+/// The shared outgoing buffer of one connection.
+#[derive(Clone, Default)]
+pub(crate) struct OutBuf(Arc<Mutex<State>>);
+
+impl OutBuf {
+    /// Appends one unmasked, unfragmented binary frame (server → client).
+    pub fn push_binary(&self, payload: &[u8]) {
+        let mut s = self.0.lock();
+        let len = payload.len();
+        s.buf.push(0x82); // FIN + binary opcode
+        if len < 126 {
+            s.buf.push(len as u8);
+        } else if len <= u16::MAX as usize {
+            s.buf.push(126);
+            s.buf.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            s.buf.push(127);
+            s.buf.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        s.buf.extend_from_slice(payload);
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending(&self) -> usize {
+        let s = self.0.lock();
+        s.buf.len() - s.pos
+    }
+}
+
+/// The IO given to tungstenite: reads pass through; writes go to [`OutBuf`].
+pub(crate) struct CoalescingIo<T> {
+    inner: T,
+    out: OutBuf,
+    /// Buffered bytes beyond which a write first pushes the buffer out.
+    limit: usize,
+}
+
+impl<T> CoalescingIo<T> {
+    pub fn new(inner: T, out: OutBuf, limit: usize) -> Self {
+        CoalescingIo {
+            inner,
+            out,
+            limit: limit.max(1),
+        }
+    }
+
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+}
+
+impl<T: AsyncWrite + Unpin> CoalescingIo<T> {
+    /// Writes out everything buffered, then frees the buffer.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut s = self.out.0.lock();
+        while s.pos < s.buf.len() {
+            let State { buf, pos } = &mut *s;
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &buf[*pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            s.pos += n;
+        }
+        s.pos = 0;
+        if s.buf.capacity() > KEEP {
+            s.buf = Vec::new();
+        } else {
+            s.buf.clear();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for CoalescingIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.out.pending() >= this.limit {
+            ready!(this.poll_drain(cx))?;
+        }
+        this.out.0.lock().buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn frames_leave_on_flush_and_the_buffer_is_freed() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let out = OutBuf::default();
+        let mut io = CoalescingIo::new(a, out.clone(), 1 << 20);
+        out.push_binary(&[7u8; 3]);
+        out.push_binary(&[1u8; 300]);
+        out.push_binary(&vec![2u8; 70_000]);
+        io.write_all(b"\x89\x00").await.unwrap(); // a ping from tungstenite
+        let mut probe = [0u8; 1];
+        let early = tokio::time::timeout(std::time::Duration::from_millis(20), b.read(&mut probe));
+        assert!(early.await.is_err(), "nothing leaves before the flush");
+        io.flush().await.unwrap();
+        let mut got = vec![0u8; 2 + 3 + 4 + 300 + 10 + 70_000 + 2];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..5], &[0x82, 3, 7, 7, 7]);
+        assert_eq!(&got[5..9], &[0x82, 126, 1, 44]); // 300 = 0x012c
+        assert_eq!(&got[309..319], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]); // 70_000
+        assert_eq!(&got[got.len() - 2..], b"\x89\x00");
+        assert_eq!(out.0.lock().buf.capacity(), 0);
+    }
+}
