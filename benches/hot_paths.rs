@@ -1,0 +1,148 @@
+//! Micro-benchmarks of the hot paths, each beside a baseline run in the same
+//! process:
+//! - decoding a `Message` (payload shared with the frame) vs a copying decode;
+//! - encoding a broadcast once for N recipients vs once per recipient;
+//! - `send` to one of 10,000 users (registry lookup + queue push);
+//! - room publish to 1,000 members (no sockets) vs 1,000 single sends.
+//!
+//! `cargo bench --bench hot_paths`; socket-less connections come from
+//! `WsClient::__bench_attach`, and their queues are drained in the loop.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use edk_ws::{codec, JwtAuthenticator, Message, Options, WsClient};
+use prost::Message as _;
+
+fn sample(payload: usize) -> Message {
+    Message {
+        id: "42".into(),
+        r#type: "chat.send".into(),
+        payload: Bytes::from(vec![7u8; payload]),
+        metadata: HashMap::from([("trace".to_string(), "abc123".to_string())]),
+        sender: "alice".into(),
+        timestamp_ms: 1_700_000_000_000,
+        ..Default::default()
+    }
+}
+
+fn client() -> WsClient {
+    let options = Options {
+        send_queue_capacity: 1 << 20,
+        send_queue_max_bytes: usize::MAX >> 1,
+        ..Default::default()
+    };
+    WsClient::new(options, JwtAuthenticator::new(b"bench"))
+}
+
+fn decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode");
+    for size in [64usize, 4096] {
+        let frame = Bytes::from(sample(size).encode_to_vec());
+        g.throughput(Throughput::Bytes(frame.len() as u64));
+        g.bench_with_input(BenchmarkId::new("shared_bytes", size), &frame, |b, f| {
+            b.iter(|| codec::decode_inbound(black_box(f.clone()), "alice"))
+        });
+        g.bench_with_input(
+            BenchmarkId::new("baseline_from_slice", size),
+            &frame,
+            |b, f| b.iter(|| Message::decode(black_box(&f[..]))),
+        );
+    }
+    g.finish();
+}
+
+fn encode_broadcast(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode_for_recipients");
+    let n = 10_000u64;
+    g.throughput(Throughput::Elements(n));
+    let msg = sample(256);
+    g.bench_function("once_shared", |b| {
+        b.iter(|| {
+            let mut m = msg.clone();
+            let frame = codec::encode_outbound(&mut m);
+            let mut v = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                v.push(frame.clone());
+            }
+            black_box(v)
+        })
+    });
+    g.bench_function("baseline_per_recipient", |b| {
+        b.iter(|| {
+            let mut v = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let mut m = msg.clone();
+                v.push(codec::encode_outbound(&mut m));
+            }
+            black_box(v)
+        })
+    });
+    g.finish();
+}
+
+fn send_lookup(c: &mut Criterion) {
+    let client = client();
+    let users: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
+    let conns: Vec<_> = users.iter().map(|u| client.__bench_attach(u)).collect();
+    let msg = sample(64);
+    let mut g = c.benchmark_group("send");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
+    g.bench_function("send_one_of_10k_users", |b| {
+        b.iter(|| {
+            i = (i + 7919) % users.len();
+            client.send(&users[i], msg.clone()).ok();
+            conns[i].__bench_drain();
+        })
+    });
+    let mut i = 0usize;
+    g.bench_function("baseline_conn_send_no_lookup", |b| {
+        b.iter(|| {
+            i = (i + 7919) % users.len();
+            conns[i].send(msg.clone()).ok();
+            conns[i].__bench_drain();
+        })
+    });
+    g.finish();
+}
+
+fn room_publish(c: &mut Criterion) {
+    let client = client();
+    let n = 1_000usize;
+    let users: Vec<String> = (0..n).map(|i| format!("member-{i}")).collect();
+    let conns: Vec<_> = users.iter().map(|u| client.__bench_attach(u)).collect();
+    for u in &users {
+        client.join(u, "bench-room", HashMap::new()).expect("join");
+    }
+    for c in &conns {
+        c.__bench_drain();
+    }
+    let msg = sample(64);
+    let mut g = c.benchmark_group("room_publish_1000");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("publish", |b| {
+        b.iter(|| {
+            client.publish("bench-room", msg.clone()).ok();
+            for c in &conns {
+                c.__bench_drain();
+            }
+        })
+    });
+    g.bench_function("baseline_send_each", |b| {
+        b.iter(|| {
+            for u in &users {
+                client.send(u, msg.clone()).ok();
+            }
+            for c in &conns {
+                c.__bench_drain();
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decode, encode_broadcast, send_lookup, room_publish);
+criterion_main!(benches);
