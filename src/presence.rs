@@ -124,7 +124,13 @@ impl Presence {
                     inner.presence.flush(&inner);
                 });
             }
-            Err(_) => self.flush(inner),
+            Err(_) => {
+                let inner = inner.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(window);
+                    inner.presence.flush(&inner);
+                });
+            }
         }
     }
 

@@ -371,7 +371,15 @@ impl Rooms {
                     inner.rooms.flush_member_events();
                 });
             }
-            Err(_) => self.flush_member_events(),
+            // No runtime (a server-side call from a plain thread): never
+            // flush here, the caller holds a room lock.
+            Err(_) => {
+                let inner = inner.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(window);
+                    inner.rooms.flush_member_events();
+                });
+            }
         }
     }
 
