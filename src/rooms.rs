@@ -9,8 +9,10 @@
 //! members, every other member gets one `MemberChanged` per join or leave at
 //! once. In larger rooms, changes are coalesced per room for
 //! `event_batch_interval` (only the latest change of each user is kept) and
-//! every member gets one `MemberChanges` frame per window — so a mass
-//! reconnect of N users costs each member one frame per window, not N.
+//! every member gets one `MemberChanges` frame per window carrying at most
+//! 32 changes, with `omitted` counting the rest — so a mass reconnect of N
+//! users costs each member one small frame per window, not N frames or N²
+//! bytes in all. A client that sees `omitted > 0` re-lists with ListMembers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +61,10 @@ pub enum RoomError {
     #[error("user is not connected")]
     NotConnected,
 }
+
+/// Member changes carried by one `MemberChanges` frame; the rest are
+/// counted in `omitted` (bytes per member per window stay bounded).
+const MAX_BATCHED_CHANGES: usize = 32;
 
 type RoomRef = Arc<Mutex<Room>>;
 /// Coalesced member events: room → user → latest change.
@@ -399,9 +405,13 @@ impl Rooms {
             } else {
                 None
             };
+            let total = changes.len();
+            let changes: Vec<MemberChanged> =
+                changes.into_values().take(MAX_BATCHED_CHANGES).collect();
             let frame = control_frame(Control::MemberChanges(MemberChanges {
                 room: room.to_string(),
-                changes: changes.into_values().collect(),
+                omitted: (total - changes.len()) as u32,
+                changes,
             }));
             let mut report = SendReport::default();
             // Nobody is told only about themselves.

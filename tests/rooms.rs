@@ -1197,3 +1197,53 @@ async fn two_clients_are_separate_worlds_for_rooms() {
     assert_eq!(w.lobby.close_room("r", "bye"), Ok(1));
     assert_eq!(w.layout.rooms(), ["r"]);
 }
+
+/// A join storm into a large room: each frame carries at most 32 changes and
+/// counts the rest in `omitted`, so bytes per member stay bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_event_batches_are_capped_with_an_omitted_count() {
+    let srv = TestServer::start(options(|o| {
+        o.room_member_events_batch_above = 1;
+        o.event_batch_interval = Duration::from_millis(800);
+    }))
+    .await;
+    let mut observer = Peer::connect(&srv, "observer").await;
+    observer.join("huge", &[]).await;
+    // 100 joins: even split over three windows, one window exceeds 32.
+    let n = 100;
+    let mut js = Vec::new();
+    for i in 0..n {
+        js.push(Peer::connect(&srv, &format!("s{i}")).await);
+    }
+    for j in js.iter_mut() {
+        j.send(&join_req("join", "huge", &[])).await;
+    }
+    for j in js.iter_mut() {
+        let r = j
+            .wait_for("join ack", |m| m.id == "join" && is_reply(m))
+            .await;
+        assert_ack(&r);
+    }
+    // Every join is accounted for, listed or omitted, and no frame is big.
+    let mut accounted = 0usize;
+    let mut saw_omitted = false;
+    while accounted < n {
+        let m = observer.next().await;
+        let Some(mc) = member_changes(&m) else {
+            continue;
+        };
+        assert!(
+            mc.changes.len() <= 32,
+            "{} changes in one frame",
+            mc.changes.len()
+        );
+        saw_omitted |= mc.omitted > 0;
+        accounted += mc.changes.len() + mc.omitted as usize;
+    }
+    assert_eq!(accounted, n);
+    assert!(
+        saw_omitted,
+        "100 joins in at most three windows must overflow 32"
+    );
+    assert_eq!(srv.client.members("huge").unwrap().members.len(), n + 1);
+}
