@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Turns a bench/run results folder into BENCHMARKS.md (stdout).
+
+usage: report.py RESULTS_DIR ELAPSED_SECONDS COMMAND
+"""
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+results_dir, elapsed, command = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+runs = {}  # (scenario, target) -> [result dicts]
+cmds = {}
+for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+    with open(path) as f:
+        d = json.load(f)
+    key = (os.path.basename(path).rsplit("-", 2)[0], d["label"])
+    runs.setdefault(key, []).append(d["result"])
+    cmd_path = path[:-5] + ".cmd"
+    if os.path.exists(cmd_path) and key not in cmds:
+        cmds[key] = open(cmd_path).read().strip()
+
+
+def get(r, dotted):
+    for part in dotted.split("."):
+        r = r.get(part) if isinstance(r, dict) else None
+    return r
+
+
+def values(scn, tgt, metric):
+    return [v for v in (get(r, metric) for r in runs.get((scn, tgt), [])) if isinstance(v, (int, float))]
+
+
+def med(scn, tgt, metric):
+    v = values(scn, tgt, metric)
+    return statistics.median(v) if v else None
+
+
+def fmt(x, unit=""):
+    if x is None:
+        return "—"
+    if abs(x) >= 1000:
+        s = f"{x:,.0f}"
+    elif abs(x) >= 10:
+        s = f"{x:.1f}"
+    else:
+        s = f"{x:.2f}"
+    return s + unit
+
+
+def cell(scn, tgt, metric, unit=""):
+    v = values(scn, tgt, metric)
+    if not v:
+        return "—"
+    return f"{fmt(statistics.median(v), unit)} ({fmt(min(v))}–{fmt(max(v))})"
+
+
+def ratio(a, b, invert=False):
+    if a is None or b is None or a == 0 or b == 0:
+        return None
+    return b / a if invert else a / b
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception:
+        return "?"
+
+
+TARGETS = [t for t in ["edk", "bare", "node"] if any(k[1] == t for k in runs)]
+NAMES = {"edk": "edk-ws", "bare": "bare tokio-tungstenite", "node": "Node ws"}
+reps = max((len(v) for v in runs.values()), default=0)
+
+out = []
+p = out.append
+p("# Benchmarks")
+p("")
+p(f"Produced by `{command}` (the whole run took {elapsed} s). Each scenario ran "
+  f"{reps} time(s) per server, alternating servers, each run against a freshly "
+  "started server process; the load tool (`examples/load.rs`) ran on the same "
+  "machine over loopback. Cells are **median (min–max)**; ratios are of medians "
+  "from this same run. These 2-core machines are noisy: read ratios, not absolutes.")
+p("")
+p("## Machine")
+p("")
+cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
+mem = sh("free -h | awk '/Mem:/ {print $2}'")
+p(f"- CPU: {cpu} × {os.cpu_count()} cores")
+p(f"- Memory: {mem}; kernel {platform.release()}")
+p(f"- Rust: {sh('rustc --version')}; Node: {sh('node --version') or 'n/a'}")
+p("")
+p("Servers: **edk-ws** = `examples/server.rs` with default options (JWT auth, rooms and "
+  "presence on, member events on); **bare** = `examples/bare_server.rs` (tokio-tungstenite, "
+  "same buffers and coalescing writer, no auth, no protobuf); **Node ws** = "
+  "`bench/node/server.js` (ws 8, no compression).")
+p("")
+
+sections = [
+    ("echo", "Echo (closed loop, one message in flight per connection)",
+     [("msgs/s", "msgs_per_s", ""), ("RTT p50 ms", "rtt_ms.p50", ""), ("RTT p99 ms", "rtt_ms.p99", ""), ("RTT p99.9 ms", "rtt_ms.p999", "")],
+     "msgs_per_s", False),
+    ("fanout", "Fanout throughput (one room, publisher as fast as possible)",
+     [("deliveries/s", "deliveries_per_s", ""), ("p50 ms", "latency_ms.p50", ""), ("p99 ms", "latency_ms.p99", ""), ("missing", "missing", "")],
+     "deliveries_per_s", False),
+    ("fanout-rate", "Fanout latency (one room, fixed publish rate)",
+     [("p50 ms", "latency_ms.p50", ""), ("p99 ms", "latency_ms.p99", ""), ("max ms", "latency_ms.max", ""), ("missing", "missing", "")],
+     "latency_ms.p99", True),
+    ("idle", "Idle memory (server RSS growth per connection; edk-ws connections joined a room of 50 and set an activity)",
+     [("bytes/conn", "bytes_per_conn", ""), ("RSS before KiB", "rss_before_kib", ""), ("RSS after KiB", "rss_after_kib", ""), ("settled", "settled", "")],
+     "bytes_per_conn", True),
+    ("connect", "Handshakes (edk-ws verifies an HS256 JWT on each; peers do no auth)",
+     [("handshakes/s", "handshakes_per_s", ""), ("failures", "failures", "")],
+     "handshakes_per_s", False),
+]
+
+for scn, title, cols, key, lower_better in sections:
+    if not any(k[0] == scn for k in runs):
+        continue
+    p(f"## {title}")
+    p("")
+    if (scn, "edk") in cmds:
+        p(f"`{cmds[(scn, 'edk')]}`")
+        p("")
+    p("| server | " + " | ".join(c[0] for c in cols) + " |")
+    p("|---|" + "---|" * len(cols))
+    for t in TARGETS:
+        p(f"| {NAMES[t]} | " + " | ".join(cell(scn, t, c[1], c[2]) for c in cols) + " |")
+    ours = med(scn, "edk", key)
+    for t in TARGETS:
+        if t == "edk":
+            continue
+        r = ratio(ours, med(scn, t, key), invert=lower_better)
+        if r is not None:
+            word = "(peer/ours: above 1 means ours is lower, i.e. better)" if lower_better else "(ours/peer)"
+            p(f"\nRatio vs {NAMES[t]} on `{key}`: **{r:.2f}×** {word}")
+    p("")
+
+# Targets of the issue.
+p("## Against the targets")
+p("")
+rows = []
+def target(name, ok, detail):
+    rows.append(f"| {name} | {'met' if ok else 'missed'} | {detail} |")
+
+b = med("idle", "edk", "bytes_per_conn")
+if b is not None:
+    target("idle ≤ 8 KiB per connection", b <= 8192, f"{fmt(b)} bytes at {runs[('idle','edk')][0].get('conns')} connections")
+e, eb, en = med("echo", "edk", "msgs_per_s"), med("echo", "bare", "msgs_per_s"), med("echo", "node", "msgs_per_s")
+if e and eb:
+    target("echo ≥ 0.9× bare", e / eb >= 0.9, f"{e/eb:.2f}×")
+if e and en:
+    target("echo ≥ 2× Node ws", e / en >= 2, f"{e/en:.2f}×")
+f, fb, fn_ = med("fanout", "edk", "deliveries_per_s"), med("fanout", "bare", "deliveries_per_s"), med("fanout", "node", "deliveries_per_s")
+if f and fb:
+    target("fanout ≥ 0.8× bare", f / fb >= 0.8, f"{f/fb:.2f}×")
+if f and fn_:
+    target("fanout ≥ 3× Node ws", f / fn_ >= 3, f"{f/fn_:.2f}×")
+lp = med("fanout-rate", "edk", "latency_ms.p99")
+if lp is not None:
+    target("fanout p99 ≤ 50 ms at the fixed rate", lp <= 50, f"{fmt(lp)} ms")
+c = med("connect", "edk", "handshakes_per_s")
+if c is not None:
+    target("connect ≥ 5,000 handshakes/s with JWT", c >= 5000, f"{fmt(c)}/s")
+if rows:
+    p("| target | result | measured |")
+    p("|---|---|---|")
+    out.extend(rows)
+p("")
+print("\n".join(out))
