@@ -622,18 +622,25 @@ async fn idle(
 ) -> Result<serde_json::Value, String> {
     let reqs = ctx.requests("idle", conns)?;
     let before = rss_kib(pid)?;
-    let socks = open_all(&ctx, reqs, "connecting").await?;
-    let mut socks = socks;
-    if ctx.target == Target::Edk {
-        let pb = ctx.progress(conns as u64, "join+activity");
-        let room_size = room_size.max(1);
-        let results = stream::iter(socks.iter_mut().enumerate())
-            .map(|(i, ws)| {
-                let pb = pb.clone();
-                async move {
+    let frames = Arc::new(AtomicU64::new(0));
+    let room_size = room_size.max(1);
+    let pb = ctx.progress(conns as u64, "connecting");
+    // Each connection: open, (edk) join a room and set an activity, then
+    // keep reading like a real client (answering pings, taking events).
+    let opened = stream::iter(reqs.into_iter().enumerate())
+        .map(|(i, req)| {
+            let ctx = ctx.clone();
+            let pb = pb.clone();
+            let frames = frames.clone();
+            async move {
+                let mut ws = tokio::time::timeout(Duration::from_secs(60), open(&ctx, req, i))
+                    .await
+                    .unwrap_or_else(|_| Err("handshake timed out".into()))
+                    .map_err(|e| format!("connection {i}: {e}"))?;
+                if ctx.target == Target::Edk {
                     let room = format!("idle-{}", i / room_size);
                     request(
-                        ws,
+                        &mut ws,
                         &format!("j{i}"),
                         Control::Join(Join {
                             room,
@@ -641,38 +648,32 @@ async fn idle(
                         }),
                     )
                     .await?;
-                    request(
-                        ws,
-                        &format!("a{i}"),
-                        Control::SetActivity(SetActivity {
-                            status: Status::Online as i32,
-                            detail: String::new(),
-                        }),
-                    )
-                    .await?;
-                    pb.inc(1);
-                    Ok::<(), String>(())
+                    let activity = SetActivity {
+                        status: Status::Online as i32,
+                        detail: String::new(),
+                    };
+                    request(&mut ws, &format!("a{i}"), Control::SetActivity(activity)).await?;
                 }
-            })
-            .buffer_unordered(ctx.connect_concurrency.max(1))
-            .collect::<Vec<_>>()
-            .await;
-        pb.finish_and_clear();
-        results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    }
-    // Keep reading (answering pings, draining events) in the background.
-    let frames = Arc::new(AtomicU64::new(0));
-    let mut holders = Vec::with_capacity(conns);
-    let mut sinks: Vec<SplitSink<Ws, WsMessage>> = Vec::with_capacity(conns);
-    for ws in socks {
-        let (sink, mut source): (_, SplitStream<Ws>) = ws.split();
-        sinks.push(sink);
-        let frames = frames.clone();
-        holders.push(tokio::spawn(async move {
-            while let Some(Ok(_)) = source.next().await {
-                frames.fetch_add(1, Ordering::Relaxed);
+                let (sink, mut source): (SplitSink<Ws, WsMessage>, SplitStream<Ws>) = ws.split();
+                let reader = tokio::spawn(async move {
+                    while let Some(Ok(_)) = source.next().await {
+                        frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                pb.inc(1);
+                Ok::<_, String>((sink, reader))
             }
-        }));
+        })
+        .buffer_unordered(ctx.connect_concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    pb.finish_and_clear();
+    let mut sinks = Vec::with_capacity(conns);
+    let mut holders = Vec::with_capacity(conns);
+    for r in opened {
+        let (sink, reader) = r?;
+        sinks.push(sink);
+        holders.push(reader);
     }
     // Settled: no frame arrived for `settle`, bounded by `settle_limit`.
     let limit = Instant::now() + settle_limit;

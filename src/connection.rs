@@ -261,7 +261,8 @@ async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, upgraded: Upgraded) -
         // and discard what the client still sends until it hangs up, so the
         // socket ends with FIN, not a reset that could eat the close frame.
         if let Some(Ok(ws)) = sink.map(|s| s.reunite(stream)) {
-            drain(ws, o.close_timeout).await;
+            // Boxed: rare, and it would otherwise be part of every task.
+            Box::pin(drain(ws, o.close_timeout)).await;
         }
     }
     conn.queue
@@ -333,33 +334,10 @@ async fn read_loop(
                         if conn.queue.is_closing() {
                             continue;
                         }
-                        let m = &inner.metrics;
-                        m.messages_in.fetch_add(1, Ordering::Relaxed);
-                        m.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
-                        match codec::decode_inbound(frame, conn.user_id()) {
-                            Ok(msg) => {
-                                debug!(id = %msg.id, r#type = %msg.r#type, room = %msg.room, "message");
-                                if control::is_request(&msg) {
-                                    // Boxed: the request future is large and rare; inlining it
-                                    // would grow every idle connection's task.
-                                    Box::pin(control::handle(inner, &handle, &mut limiter, msg)).await;
-                                    continue;
-                                }
-                                // Boxed for the same reason: the task keeps only a pointer.
-                                let panics = Box::pin(inner.handlers.on_message(&handle, msg)).await;
-                                if panics > 0 {
-                                    m.handler_panics.fetch_add(panics, Ordering::Relaxed);
-                                }
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "undecodable message: closing with 1007");
-                                conn.request_close(CloseRequest::new(
-                                    code::INVALID_PAYLOAD,
-                                    "invalid edk.ws.v1.Message",
-                                    DisconnectReason::ProtocolError,
-                                ));
-                            }
-                        }
+                        // Boxed: a decoded message and its handling never
+                        // live in the connection task's own state, which
+                        // every idle connection pays for.
+                        Box::pin(on_frame(inner, conn, &handle, &mut limiter, frame)).await;
                     }
                     Ok(WsMessage::Text(_)) => {
                         warn!("text frame: closing with 1003");
@@ -408,6 +386,41 @@ async fn read_loop(
                     }
                 }
             }
+        }
+    }
+}
+
+/// One binary frame: decode, then the module's request handling or the
+/// application's message handlers.
+async fn on_frame(
+    inner: &Arc<Inner>,
+    conn: &Arc<Connection>,
+    handle: &Conn,
+    limiter: &mut control::Limiter,
+    frame: Bytes,
+) {
+    let m = &inner.metrics;
+    m.messages_in.fetch_add(1, Ordering::Relaxed);
+    m.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+    match codec::decode_inbound(frame, conn.user_id()) {
+        Ok(msg) => {
+            debug!(id = %msg.id, r#type = %msg.r#type, room = %msg.room, "message");
+            if control::is_request(&msg) {
+                control::handle(inner, handle, limiter, msg).await;
+                return;
+            }
+            let panics = inner.handlers.on_message(handle, msg).await;
+            if panics > 0 {
+                m.handler_panics.fetch_add(panics, Ordering::Relaxed);
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "undecodable message: closing with 1007");
+            conn.request_close(CloseRequest::new(
+                code::INVALID_PAYLOAD,
+                "invalid edk.ws.v1.Message",
+                DisconnectReason::ProtocolError,
+            ));
         }
     }
 }

@@ -32,7 +32,7 @@ pub(crate) fn is_request(msg: &Message) -> bool {
 /// Per-connection request budget, created on the first request (idle
 /// connections pay nothing).
 #[derive(Default)]
-pub(crate) struct Limiter(Option<DefaultDirectRateLimiter>);
+pub(crate) struct Limiter(Option<Box<DefaultDirectRateLimiter>>);
 
 impl Limiter {
     fn allow(&mut self, per_second: u32) -> bool {
@@ -41,7 +41,11 @@ impl Limiter {
         };
         let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
         self.0
-            .get_or_insert_with(|| RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)))
+            .get_or_insert_with(|| {
+                Box::new(RateLimiter::direct(
+                    Quota::per_second(rate).allow_burst(burst),
+                ))
+            })
             .check()
             .is_ok()
     }

@@ -18,9 +18,6 @@ use std::task::{ready, Context, Poll};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Capacity kept after a flush; more is freed.
-const KEEP: usize = 512;
-
 #[derive(Default)]
 struct State {
     buf: Vec<u8>,
@@ -91,12 +88,9 @@ impl<T: AsyncWrite + Unpin> CoalescingIo<T> {
             }
             s.pos += n;
         }
+        // Freed, not cleared: an idle connection holds no write memory.
         s.pos = 0;
-        if s.buf.capacity() > KEEP {
-            s.buf = Vec::new();
-        } else {
-            s.buf.clear();
-        }
+        s.buf = Vec::new();
         Poll::Ready(Ok(()))
     }
 }
