@@ -125,7 +125,9 @@ pub struct ShutdownReport {
 
 impl WsClient {
     /// A new endpoint with these options and this token checker.
+    /// Durations are clamped to 1 ms – 1 day and sizes to at least 1.
     pub fn new(options: Options, authenticator: impl Authenticator) -> Self {
+        let options = options.sanitized();
         WsClient {
             inner: Arc::new(Inner {
                 options,
@@ -231,6 +233,15 @@ impl WsClient {
     pub fn broadcast(&self, mut msg: Message) -> SendReport {
         let mut report = SendReport::default();
         if self.inner.registry.is_closed() {
+            self.inner.registry.for_each(|c| {
+                report
+                    .failed
+                    .push((c.user_id().to_owned(), SendError::ShuttingDown));
+            });
+            self.inner
+                .metrics
+                .send_failed
+                .fetch_add(report.failed.len() as u64, Ordering::Relaxed);
             return report;
         }
         let frame = codec::encode_outbound(&mut msg);
@@ -245,17 +256,18 @@ impl WsClient {
 
     /// Closes `user_id`'s connection with 4002 and `reason`, after what is
     /// already queued for it. Its disconnect handlers get `Kicked`.
+    /// `Err(Closed)` when the connection was already closing for another
+    /// reason (which stays the reported one).
     pub fn kick(&self, user_id: &str, reason: &str) -> Result<(), SendError> {
         let conn = self
             .inner
             .registry
             .get(user_id)
             .ok_or(SendError::NotConnected)?;
-        conn.request_close(CloseRequest::new(
-            code::KICKED,
-            reason,
-            DisconnectReason::Kicked,
-        ));
+        let kick = CloseRequest::new(code::KICKED, reason, DisconnectReason::Kicked);
+        if !conn.request_close(kick) {
+            return Err(SendError::Closed);
+        }
         Ok(())
     }
 

@@ -23,6 +23,8 @@ pub mod code {
     pub const KICKED: u16 = 4002;
     /// The client did not read fast enough: its send queue overflowed.
     pub const SLOW_CONSUMER: u16 = 4003;
+    /// The server failed while serving the connection.
+    pub const INTERNAL_ERROR: u16 = 1011;
 }
 
 /// Why a connection ended, as given to disconnect handlers (exactly once per
@@ -45,6 +47,9 @@ pub enum DisconnectReason {
     ProtocolError,
     /// The server shut down (close 1001).
     ServerShutdown,
+    /// The server failed while serving the connection (a bug, e.g. a
+    /// panic outside the isolated handlers); close 1011.
+    ServerError,
 }
 
 impl DisconnectReason {
@@ -58,6 +63,7 @@ impl DisconnectReason {
             DisconnectReason::SlowConsumer => "slow_consumer",
             DisconnectReason::ProtocolError => "protocol_error",
             DisconnectReason::ServerShutdown => "server_shutdown",
+            DisconnectReason::ServerError => "server_error",
         }
     }
 }

@@ -24,6 +24,7 @@ use http::HeaderMap;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -31,7 +32,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info, warn, Instrument};
+
+use futures::FutureExt;
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::client::Inner;
 use crate::close::{code, CloseRequest, DisconnectReason};
@@ -58,6 +61,9 @@ pub(crate) struct Connection {
     metrics: Arc<Metrics>,
     /// Rooms joined; `None` once the connection ended (no more joins).
     pub(crate) rooms: Mutex<Option<Vec<Arc<str>>>>,
+    /// Set when the connection starts ending: no activity may be set for
+    /// it after this (see `presence`).
+    pub(crate) ended: AtomicBool,
 }
 
 impl Connection {
@@ -81,6 +87,7 @@ impl Connection {
             force_stop: AtomicBool::new(false),
             metrics: inner.metrics.clone(),
             rooms: Mutex::new(Some(Vec::new())),
+            ended: AtomicBool::new(false),
         }
     }
 
@@ -200,7 +207,24 @@ pub(crate) async fn run(inner: Arc<Inner>, conn: Arc<Connection>, on_upgrade: On
     let span = tracing::info_span!("ws", user = %conn.user, conn = conn.id, peer = ?conn.peer);
     async move {
         let reason = match on_upgrade.await {
-            Ok(upgraded) => serve(&inner, &conn, upgraded).await,
+            // Handlers and hooks are isolated already; this is the last
+            // line: whatever panics, the connection still ends properly.
+            Ok(upgraded) => match AssertUnwindSafe(serve(&inner, &conn, upgraded))
+                .catch_unwind()
+                .await
+            {
+                Ok(reason) => reason,
+                Err(_) => {
+                    error!("connection task panicked: closing with 1011");
+                    conn.request_close(CloseRequest::new(
+                        code::INTERNAL_ERROR,
+                        "internal error",
+                        DisconnectReason::ServerError,
+                    ));
+                    conn.queue.end();
+                    DisconnectReason::ServerError
+                }
+            },
             Err(e) => {
                 debug!(error = %e, "upgrade did not complete");
                 conn.queue.end();
@@ -255,15 +279,9 @@ async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, upgraded: Upgraded) -
             None
         }
     };
-    if exit == Exit::Drain {
-        // The stream is unusable after a read error (e.g. a frame over the
-        // limit whose payload was never read). Our close frame is out: read
-        // and discard what the client still sends until it hangs up, so the
-        // socket ends with FIN, not a reset that could eat the close frame.
-        if let Some(Ok(ws)) = sink.map(|s| s.reunite(stream)) {
-            // Boxed: rare, and it would otherwise be part of every task.
-            Box::pin(drain(ws, o.close_timeout)).await;
-        }
+    if let Some(Ok(ws)) = sink.map(|s| s.reunite(stream)) {
+        // Boxed: it would otherwise be part of every connection task.
+        Box::pin(finish_socket(ws, exit == Exit::Drain, o.close_timeout)).await;
     }
     conn.queue
         .close_reason()
@@ -454,7 +472,10 @@ async fn write_loop(
         for frame in batch.msgs {
             // Straight into our buffer, not through tungstenite's (which
             // would keep the capacity of the biggest frame forever).
-            out.push_binary(&frame);
+            if !out.push_binary(&frame) {
+                // A close frame is already out (the client closed first).
+                break;
+            }
             count += 1;
             bytes += frame.len() as u64;
             if out.pending() >= flush_above && sink.flush().await.is_err() {
@@ -485,17 +506,22 @@ async fn write_loop(
     sink
 }
 
-/// Reads and discards what a client still sends after our close frame, until
-/// it hangs up, `limit` passes or 64 MiB were thrown away.
-async fn drain(mut ws: Socket, limit: Duration) {
-    let io = ws.get_mut().get_mut();
-    let _ = io.shutdown().await;
+/// Ends the socket: sends what is still buffered (e.g. tungstenite's reply
+/// to the client's close frame, which it never flushes itself), then FIN.
+/// After a read error (`drain`), also reads and discards what the client
+/// still sends until it hangs up, `limit` passes or 64 MiB were thrown
+/// away, so the socket ends with FIN, not a reset that could eat our close.
+async fn finish_socket(mut ws: Socket, drain: bool, limit: Duration) {
     let _ = tokio::time::timeout(limit, async {
-        // On the heap: an array here would be part of every connection
-        // task's state, drained or not.
+        let io = ws.get_mut();
+        let _ = io.shutdown().await;
+        if !drain {
+            return;
+        }
+        let raw = io.get_mut();
         let mut buf = vec![0u8; 4096];
         let mut total = 0usize;
-        while let Ok(n) = io.read(&mut buf).await {
+        while let Ok(n) = raw.read(&mut buf).await {
             total += n;
             if n == 0 || total > 64 << 20 {
                 break;
@@ -506,6 +532,7 @@ async fn drain(mut ws: Socket, limit: Duration) {
 }
 
 async fn finish(inner: &Arc<Inner>, conn: &Arc<Connection>, reason: DisconnectReason) {
+    conn.ended.store(true, Ordering::SeqCst);
     inner.registry.remove_if(conn.user_id(), conn.id());
     inner.rooms.leave_all(inner, conn);
     inner.presence.disconnected(inner, conn);

@@ -7,14 +7,17 @@
 //! nothing.
 
 use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tracing::debug;
 
 use crate::client::Inner;
 use crate::codec;
 use crate::connection::Conn;
+use crate::error::SendError;
 use crate::policy::{JoinDecision, StateChange};
 use crate::proto::error::Code;
 use crate::proto::message::Control;
@@ -85,7 +88,25 @@ impl From<RoomError> for ReqError {
 pub(crate) async fn handle(inner: &Arc<Inner>, conn: &Conn, limiter: &mut Limiter, msg: Message) {
     let id = msg.id.clone();
     let result = if limiter.allow(inner.options.max_requests_per_second) {
-        dispatch(inner, conn, msg).await
+        // A panicking policy hook must not cost the request its reply, nor
+        // the connection its life.
+        match AssertUnwindSafe(dispatch(inner, conn, msg))
+            .catch_unwind()
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!(
+                    user = conn.user_id(),
+                    "request handling panicked (a room policy hook?)"
+                );
+                inner
+                    .metrics
+                    .handler_panics
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(ReqError::new(Code::Internal, "internal error"))
+            }
+        }
     } else {
         Err(ReqError::new(Code::RateLimited, "too many requests"))
     };
@@ -106,8 +127,23 @@ pub(crate) async fn handle(inner: &Arc<Inner>, conn: &Conn, limiter: &mut Limite
         control: Some(control),
         ..Default::default()
     };
-    if let Err(e) = conn.send_encoded(codec::encode_outbound(&mut reply)) {
-        debug!(error = %e, "reply not delivered");
+    match conn.send_encoded(codec::encode_outbound(&mut reply)) {
+        Ok(()) => {}
+        Err(SendError::TooLarge) => {
+            // Still exactly one reply: say why the real one cannot come.
+            let mut err = Message {
+                id: reply.id,
+                control: Some(Control::Error(Error {
+                    code: Code::Internal as i32,
+                    message: "reply larger than the send queue (send_queue_max_bytes)".into(),
+                })),
+                ..Default::default()
+            };
+            if let Err(e) = conn.send_encoded(codec::encode_outbound(&mut err)) {
+                debug!(error = %e, "reply not delivered");
+            }
+        }
+        Err(e) => debug!(error = %e, "reply not delivered"),
     }
 }
 

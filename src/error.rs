@@ -17,6 +17,10 @@ pub enum SendError {
     /// The server is shutting down; the message was dropped.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The message alone is bigger than `send_queue_max_bytes`; it was
+    /// dropped and the connection is left alone.
+    #[error("message larger than the send queue")]
+    TooLarge,
 }
 
 /// The outcome of a send to several users ([`send_many`](crate::WsClient::send_many),

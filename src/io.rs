@@ -23,6 +23,8 @@ struct State {
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
     pos: usize,
+    /// A close frame went in: nothing may follow it (RFC 6455 §5.5.1).
+    closed: bool,
 }
 
 /// The shared outgoing buffer of one connection.
@@ -31,8 +33,12 @@ pub(crate) struct OutBuf(Arc<Mutex<State>>);
 
 impl OutBuf {
     /// Appends one unmasked, unfragmented binary frame (server → client).
-    pub fn push_binary(&self, payload: &[u8]) {
+    /// Returns `false` (and appends nothing) once a close frame went in.
+    pub fn push_binary(&self, payload: &[u8]) -> bool {
         let mut s = self.0.lock();
+        if s.closed {
+            return false;
+        }
         let len = payload.len();
         s.buf.push(0x82); // FIN + binary opcode
         if len < 126 {
@@ -45,6 +51,7 @@ impl OutBuf {
             s.buf.extend_from_slice(&(len as u64).to_be_bytes());
         }
         s.buf.extend_from_slice(payload);
+        true
     }
 
     /// Bytes waiting to be written.
@@ -81,7 +88,7 @@ impl<T: AsyncWrite + Unpin> CoalescingIo<T> {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = self.out.0.lock();
         while s.pos < s.buf.len() {
-            let State { buf, pos } = &mut *s;
+            let State { buf, pos, .. } = &mut *s;
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &buf[*pos..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -93,6 +100,33 @@ impl<T: AsyncWrite + Unpin> CoalescingIo<T> {
         s.buf = Vec::new();
         Poll::Ready(Ok(()))
     }
+}
+
+/// Walks the (server-written, unmasked) frames in `data` looking for a close
+/// frame (opcode 0x8).
+fn contains_close_frame(data: &[u8]) -> bool {
+    let mut pos = 0usize;
+    while pos + 2 <= data.len() {
+        let opcode = data[pos] & 0x0f;
+        if opcode == 0x8 {
+            return true;
+        }
+        let (len, header) = match data[pos + 1] & 0x7f {
+            126 if pos + 4 <= data.len() => (
+                u16::from_be_bytes([data[pos + 2], data[pos + 3]]) as usize,
+                4,
+            ),
+            127 if pos + 10 <= data.len() => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&data[pos + 2..pos + 10]);
+                (u64::from_be_bytes(b) as usize, 10)
+            }
+            126 | 127 => return false,
+            n => (n as usize, 2),
+        };
+        pos = pos.saturating_add(header).saturating_add(len);
+    }
+    false
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for CoalescingIo<T> {
@@ -115,7 +149,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<T> {
         if this.out.pending() >= this.limit {
             ready!(this.poll_drain(cx))?;
         }
-        this.out.0.lock().buf.extend_from_slice(data);
+        let mut s = this.out.0.lock();
+        // tungstenite hands down whole frames (its write buffer is 0): note
+        // a close frame so that no data frame is appended after it.
+        if contains_close_frame(data) {
+            s.closed = true;
+        }
+        s.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
     }
 
@@ -157,5 +197,20 @@ mod tests {
         assert_eq!(&got[309..319], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]); // 70_000
         assert_eq!(&got[got.len() - 2..], b"\x89\x00");
         assert_eq!(out.0.lock().buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn no_data_frame_after_a_close_frame() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let out = OutBuf::default();
+        let mut io = CoalescingIo::new(a, out.clone(), 1 << 16);
+        assert!(out.push_binary(b"first"));
+        // A pong and a close reply in one write, as tungstenite may hand them.
+        io.write_all(b"\x8a\x00\x88\x02\x03\xe8").await.unwrap();
+        assert!(!out.push_binary(b"after close"));
+        io.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"\x82\x05first\x8a\x00\x88\x02\x03\xe8");
     }
 }

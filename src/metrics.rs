@@ -20,7 +20,7 @@ pub(crate) struct Metrics {
     pub connections_now: AtomicU64,
     pub accepted: AtomicU64,
     refused: [AtomicU64; 5],
-    disconnects: [AtomicU64; 7],
+    disconnects: [AtomicU64; 8],
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -59,6 +59,7 @@ impl Metrics {
                 slow_consumer: d(DisconnectReason::SlowConsumer),
                 protocol_error: d(DisconnectReason::ProtocolError),
                 server_shutdown: d(DisconnectReason::ServerShutdown),
+                server_error: d(DisconnectReason::ServerError),
             },
             messages_in: self.messages_in.load(Relaxed),
             messages_out: self.messages_out.load(Relaxed),
@@ -79,6 +80,7 @@ fn reason_index(r: DisconnectReason) -> usize {
         DisconnectReason::SlowConsumer => 4,
         DisconnectReason::ProtocolError => 5,
         DisconnectReason::ServerShutdown => 6,
+        DisconnectReason::ServerError => 7,
     }
 }
 
@@ -136,4 +138,5 @@ pub struct DisconnectCounts {
     pub slow_consumer: u64,
     pub protocol_error: u64,
     pub server_shutdown: u64,
+    pub server_error: u64,
 }

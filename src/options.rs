@@ -130,6 +130,24 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// Durations clamped to 1 ms – 1 day (a zero interval would panic the
+    /// timer, a huge one overflow it), sizes to at least 1.
+    pub(crate) fn sanitized(mut self) -> Self {
+        let clamp = |d: Duration| d.clamp(Duration::from_millis(1), Duration::from_secs(86_400));
+        self.ping_interval = clamp(self.ping_interval);
+        self.idle_timeout = clamp(self.idle_timeout);
+        self.close_timeout = clamp(self.close_timeout);
+        self.event_batch_interval = clamp(self.event_batch_interval);
+        self.max_message_size = self.max_message_size.max(1);
+        self.read_buffer_size = self.read_buffer_size.max(1);
+        self.write_buffer_size = self.write_buffer_size.max(1);
+        self.send_queue_capacity = self.send_queue_capacity.max(1);
+        self.send_queue_max_bytes = self.send_queue_max_bytes.max(1);
+        self
+    }
+}
+
 /// A bad value in an `EDK_WS_*` environment variable.
 #[derive(Debug, thiserror::Error)]
 #[error("environment variable {var}={value:?} is invalid: {reason}")]

@@ -37,6 +37,11 @@ pub enum ActivityError {
 
 type ActivityFn = dyn Fn(&Activity) + Send + Sync;
 
+/// Activities carried by one batch frame; the rest wait for the next
+/// window (deferred, not dropped), so a frame stays far below any queue
+/// limit whatever the storm.
+const MAX_PER_BATCH: usize = 256;
+
 pub(crate) struct Presence {
     /// Non-offline activities: user → (connection that set it, activity).
     current: RwLock<HashMap<Arc<str>, (u64, Activity)>>,
@@ -71,6 +76,14 @@ impl Presence {
         };
         {
             let mut cur = self.current.write();
+            // Checked under the lock `disconnected` takes: an ending (or
+            // replaced) connection cannot leave an activity behind.
+            if conn.ended.load(Ordering::SeqCst) || conn.queue.is_closing() {
+                return;
+            }
+            if cur.get(&*user).is_some_and(|(id, _)| *id > conn.id()) {
+                return; // a newer connection of the user owns it
+            }
             if status == Status::Offline {
                 if cur.remove(&*user).is_none() {
                     return; // already offline: nothing to tell
@@ -104,14 +117,20 @@ impl Presence {
     }
 
     fn changed(&self, inner: &Arc<Inner>, user: Arc<str>, activity: Activity) {
-        for h in self.handlers.read().iter() {
-            let h = h.clone();
+        // A snapshot: a handler may subscribe or set activities itself.
+        let handlers: Vec<_> = self.handlers.read().clone();
+        for h in handlers {
             let a = &activity;
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(a))).is_err() {
                 tracing::error!("activity handler panicked");
             }
         }
         self.pending.lock().insert(user, activity);
+        self.schedule(inner);
+    }
+
+    /// Arranges a flush after one batch window, unless one is arranged.
+    fn schedule(&self, inner: &Arc<Inner>) {
         if self.flush_scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -135,9 +154,24 @@ impl Presence {
     }
 
     /// Sends the pending batch to every connected user.
-    pub fn flush(&self, inner: &Inner) {
+    pub fn flush(&self, inner: &Arc<Inner>) {
         self.flush_scheduled.store(false, Ordering::Release);
-        let pending = std::mem::take(&mut *self.pending.lock());
+        let (pending, more) = {
+            let mut p = self.pending.lock();
+            if p.len() <= MAX_PER_BATCH {
+                (std::mem::take(&mut *p), false)
+            } else {
+                let keys: Vec<Arc<str>> = p.keys().take(MAX_PER_BATCH).cloned().collect();
+                let batch: HashMap<_, _> = keys
+                    .into_iter()
+                    .filter_map(|k| p.remove(&k).map(|a| (k, a)))
+                    .collect();
+                (batch, true)
+            }
+        };
+        if more {
+            self.schedule(inner);
+        }
         if pending.is_empty() {
             return;
         }

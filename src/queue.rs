@@ -57,6 +57,9 @@ impl SendQueue {
         if s.close.is_some() || s.ended {
             return Err(SendError::Closed);
         }
+        if frame.len() > self.max_bytes as usize {
+            return Err(SendError::TooLarge);
+        }
         if s.msgs.len() >= self.max_messages as usize
             || s.bytes + frame.len() > self.max_bytes as usize
         {
@@ -143,6 +146,17 @@ mod tests {
         let b = q.take();
         assert!(b.msgs.is_empty());
         assert_eq!(b.close.unwrap().code, code::SLOW_CONSUMER);
+    }
+
+    #[test]
+    fn a_frame_bigger_than_the_queue_is_refused_without_closing() {
+        let q = SendQueue::new(100, 3);
+        assert_eq!(
+            q.push(Bytes::from_static(b"abcd")),
+            Err(SendError::TooLarge)
+        );
+        q.push(Bytes::from_static(b"ab")).unwrap();
+        assert!(q.close_reason().is_none());
     }
 
     #[test]

@@ -188,19 +188,30 @@ impl Rooms {
     ) -> Result<(), RoomError> {
         valid_room_name(room)?;
         check_state(inner, &state)?;
+        if conn.queue.is_closing() {
+            return Err(RoomError::NotConnected);
+        }
         loop {
+            // The policy's settings hook runs with no lock held: it may call
+            // back into the WsClient.
+            let settings = match self.get(room) {
+                Some(_) => None,
+                None => {
+                    let o = &inner.options;
+                    let defaults = RoomSettings {
+                        member_events: o.room_member_events,
+                        publish_echo: o.room_publish_echo,
+                        max_members: o.max_members_per_room,
+                    };
+                    Some(inner.room_policy().room_settings(room, defaults))
+                }
+            };
             let room_ref = {
                 let mut map = self.map.write();
-                match map.get(room) {
-                    Some(r) => r.clone(),
-                    None => {
-                        let o = &inner.options;
-                        let defaults = RoomSettings {
-                            member_events: o.room_member_events,
-                            publish_echo: o.room_publish_echo,
-                            max_members: o.max_members_per_room,
-                        };
-                        let settings = inner.room_policy().room_settings(room, defaults);
+                match (map.get(room), settings) {
+                    (Some(r), _) => r.clone(),
+                    (None, None) => continue, // dropped meanwhile: settings first
+                    (None, Some(settings)) => {
                         let r = Arc::new(Mutex::new(Room {
                             members: HashMap::new(),
                             state: HashMap::new(),
@@ -222,6 +233,12 @@ impl Rooms {
                     m.state = state;
                     m.read_only = read_only;
                     return Ok(());
+                }
+                // A newer connection of the user is in already: this one is
+                // stale (replaced while its join was under way).
+                if m.conn.id() > conn.id() {
+                    drop(r);
+                    return Err(RoomError::NotConnected);
                 }
             }
             let replacing = r.members.contains_key(&*user);
@@ -513,10 +530,16 @@ impl Rooms {
         }
         let StateChange {
             room_changes,
-            room_removed,
+            mut room_removed,
             member_changes,
-            member_removed,
+            mut member_removed,
         } = change;
+        // Only keys that exist can be removed (and each once): a request
+        // cannot make every member receive a megabyte of no-ops.
+        dedup_existing(&mut room_removed, &r.state);
+        if let Some(conn) = by {
+            dedup_existing(&mut member_removed, &r.members[conn.user_id()].state);
+        }
         // Compute both new maps first so a refused change changes nothing.
         let new_room = apply(&r.state, &room_changes, &room_removed);
         check_state(inner, &new_room)?;
@@ -589,6 +612,11 @@ fn apply(
         s.insert(k.clone(), v.clone());
     }
     s
+}
+
+fn dedup_existing(keys: &mut Vec<String>, state: &HashMap<String, String>) {
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| state.contains_key(k) && seen.insert(k.clone()));
 }
 
 fn remove_from_list(conn: &Connection, room: &str) {

@@ -114,3 +114,30 @@ fn server_side_joins_without_a_runtime_do_not_deadlock() {
         .expect("server-side joins deadlocked");
     assert_eq!(members, Some(10));
 }
+
+/// A client that closes first gets the server's close reply (a clean close
+/// handshake, `wasClean` in browsers), not a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_close_gets_a_close_reply() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    let srv = TestServer::start(Options::default()).await;
+    let mut ws = srv.connect("alice").await;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    let reply = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("no reply");
+    match reply {
+        Some(Ok(WsMessage::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1000),
+        other => panic!("expected the server's close reply, got {other:?}"),
+    }
+    let end = tokio::time::timeout(WAIT, ws.next()).await.expect("no end");
+    assert!(end.is_none(), "stream must end cleanly, got {end:?}");
+}
