@@ -114,6 +114,26 @@ impl Inner {
     }
 }
 
+/// Runs `f` once `window` has passed: on the tokio runtime when there is
+/// one, else on a short-lived thread. Never inline — callers (batched room
+/// and presence events) may hold locks that `f` takes.
+pub(crate) fn after_window(window: Duration, f: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => {
+            h.spawn(async move {
+                tokio::time::sleep(window).await;
+                f();
+            });
+        }
+        Err(_) => {
+            std::thread::spawn(move || {
+                std::thread::sleep(window);
+                f();
+            });
+        }
+    }
+}
+
 /// What [`WsClient::shutdown`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownReport {

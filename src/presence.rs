@@ -134,23 +134,10 @@ impl Presence {
         if self.flush_scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
-        let window = inner.options.event_batch_interval;
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                let inner = inner.clone();
-                h.spawn(async move {
-                    tokio::time::sleep(window).await;
-                    inner.presence.flush(&inner);
-                });
-            }
-            Err(_) => {
-                let inner = inner.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(window);
-                    inner.presence.flush(&inner);
-                });
-            }
-        }
+        let inner = inner.clone();
+        crate::client::after_window(inner.options.event_batch_interval, move || {
+            inner.presence.flush(&inner)
+        });
     }
 
     /// Sends the pending batch to every connected user.

@@ -385,25 +385,10 @@ impl Rooms {
         if self.flush_scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
-        let window = inner.options.event_batch_interval;
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                let inner = inner.clone();
-                h.spawn(async move {
-                    tokio::time::sleep(window).await;
-                    inner.rooms.flush_member_events();
-                });
-            }
-            // No runtime (a server-side call from a plain thread): never
-            // flush here, the caller holds a room lock.
-            Err(_) => {
-                let inner = inner.clone();
-                std::thread::spawn(move || {
-                    std::thread::sleep(window);
-                    inner.rooms.flush_member_events();
-                });
-            }
-        }
+        let inner = inner.clone();
+        crate::client::after_window(inner.options.event_batch_interval, move || {
+            inner.rooms.flush_member_events()
+        });
     }
 
     /// Sends each large room's coalesced member events as one frame.
