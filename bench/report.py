@@ -171,4 +171,7 @@ if rows:
     p("|---|---|---|")
     out.extend(rows)
 p("")
+findings = os.path.join(os.path.dirname(os.path.abspath(__file__)), "findings.md")
+if os.path.exists(findings):
+    out.append(open(findings).read())
 print("\n".join(out))
