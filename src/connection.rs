@@ -22,7 +22,6 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use http::HeaderMap;
 use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,8 +44,9 @@ use crate::io::{CoalescingIo, OutBuf};
 use crate::metrics::Metrics;
 use crate::proto::Message;
 use crate::queue::SendQueue;
+use crate::transport::{self, Transport};
 
-type Socket = WebSocketStream<CoalescingIo<TokioIo<Upgraded>>>;
+type Socket = WebSocketStream<CoalescingIo<Transport>>;
 
 /// The shared state of one connection.
 pub(crate) struct Connection {
@@ -249,8 +249,20 @@ async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, upgraded: Upgraded) -
         .max_message_size(Some(o.max_message_size))
         .max_frame_size(Some(o.max_message_size));
     let out = OutBuf::default();
-    let io = CoalescingIo::new(TokioIo::new(upgraded), out.clone(), o.write_buffer_size);
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let recovered = transport::recover(upgraded);
+    if !recovered.nodelay {
+        inner
+            .metrics
+            .tcp_nodelay_unavailable
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let io = CoalescingIo::new(recovered.stream, out.clone(), o.write_buffer_size);
+    let ws = if recovered.read_ahead.is_empty() {
+        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+    } else {
+        let part = recovered.read_ahead.to_vec();
+        WebSocketStream::from_partially_read(io, part, Role::Server, Some(config)).await
+    };
     info!("connected");
     let (sink, mut stream) = ws.split();
     let mut writer = tokio::spawn(write_loop(

@@ -49,6 +49,7 @@ pub mod proto;
 mod queue;
 mod registry;
 mod rooms;
+mod transport;
 
 pub use async_trait::async_trait;
 pub use auth::{AuthError, AuthRequest, Authenticator, Claims, Identity, JwtAuthenticator};

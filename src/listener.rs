@@ -1,9 +1,11 @@
-//! A TCP listener for warp with `TCP_NODELAY` on every accepted socket.
+//! A TCP listener for warp: `SO_REUSEADDR`, a deep backlog and
+//! `TCP_NODELAY` on every accepted socket.
 //!
-//! warp never sets `TCP_NODELAY`, and after the upgrade the socket is hidden
-//! behind hyper's upgrade type, so the library cannot set it per connection.
-//! On Linux (and the BSDs) the option set on a listening socket is inherited
-//! by the sockets it accepts: bind through [`bind`] and pass the listener to
+//! WebSocket connections get `TCP_NODELAY` from the library whatever
+//! listener the server uses (see `transport.rs`). Binding through [`bind`]
+//! also gives it to the plain HTTP routes served beside them: on Linux (and
+//! the BSDs) the option set on a listening socket is inherited by the
+//! sockets it accepts. Pass the listener to
 //! `warp::serve(routes).incoming(listener)`.
 
 use std::io;
@@ -11,7 +13,7 @@ use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpSocket};
 
-/// Binds `addr` with `SO_REUSEADDR` and `TCP_NODELAY` (inherited by accepted
+/// Binds `addr` with `SO_REUSEADDR`, `TCP_NODELAY` (inherited by accepted
 /// sockets) and a 4096-entry backlog. Must be called inside a tokio runtime.
 ///
 /// ```no_run

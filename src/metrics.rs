@@ -27,6 +27,7 @@ pub(crate) struct Metrics {
     pub bytes_out: AtomicU64,
     pub send_failed: AtomicU64,
     pub handler_panics: AtomicU64,
+    pub tcp_nodelay_unavailable: AtomicU64,
 }
 
 impl Metrics {
@@ -67,6 +68,7 @@ impl Metrics {
             bytes_out: self.bytes_out.load(Relaxed),
             send_failed: self.send_failed.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
+            tcp_nodelay_unavailable: self.tcp_nodelay_unavailable.load(Relaxed),
         }
     }
 }
@@ -108,6 +110,10 @@ pub struct MetricsSnapshot {
     pub send_failed: u64,
     /// Handlers that panicked (each was caught and logged).
     pub handler_panics: u64,
+    /// Connections served without `TCP_NODELAY` because the server did not
+    /// hand over a tokio `TcpStream` (see [`crate::bind`]); 0 under warp's
+    /// own server however the listener was bound.
+    pub tcp_nodelay_unavailable: u64,
 }
 
 /// Refused handshakes by answer.

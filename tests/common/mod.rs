@@ -57,6 +57,16 @@ impl TestServer {
     /// Like [`TestServer::start`], letting `setup` subscribe handlers before
     /// the server accepts anything.
     pub async fn start_with(options: Options, setup: impl FnOnce(&WsClient)) -> TestServer {
+        let listener = edk_ws::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Self::start_on(listener, options, setup).await
+    }
+
+    /// Like [`TestServer::start_with`], served from `listener`.
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        options: Options,
+        setup: impl FnOnce(&WsClient),
+    ) -> TestServer {
         let jwt = JwtAuthenticator::new(SECRET);
         let client = WsClient::new(options, jwt.clone());
         let (tx, rx) = mpsc::unbounded_channel();
@@ -76,7 +86,6 @@ impl TestServer {
             .and(warp::path::end())
             .and(client.handler())
             .or(warp::path("healthz").map(|| "ok"));
-        let listener = edk_ws::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(warp::serve(routes).incoming(listener).run());
         TestServer {

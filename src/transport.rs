@@ -1,0 +1,121 @@
+//! The byte stream under a connection, recovered from hyper's upgrade.
+//!
+//! warp serves each TCP connection with hyper-util's `auto` builder, which
+//! hides the socket behind a private wrapper; hyper-util's
+//! [`downcast`](hyper_util::server::conn::auto::upgrade::downcast) gets it
+//! back. With the [`TcpStream`] in hand the library turns `TCP_NODELAY` on
+//! however the user bound the listener (warp never does, and Nagle's
+//! algorithm with the client's delayed ACKs stalls small frames by up to
+//! 40 ms), and reads and writes the socket without hyper's boxed,
+//! dynamically dispatched upgrade type in between.
+//!
+//! A server that hands over something else (a Unix socket, TLS, a custom
+//! acceptor) still works through the upgraded IO; that fallback is counted
+//! in [`MetricsSnapshot::tcp_nodelay_unavailable`](crate::MetricsSnapshot)
+//! and logged once.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+/// The connection's stream: the TCP socket itself, or hyper's upgraded IO.
+pub(crate) enum Transport {
+    Tcp(TcpStream),
+    Upgraded(TokioIo<Upgraded>),
+}
+
+/// What the upgrade left: the stream, bytes the client sent after its
+/// handshake that hyper already read, and whether `TCP_NODELAY` is on.
+pub(crate) struct Recovered {
+    pub stream: Transport,
+    pub read_ahead: Bytes,
+    pub nodelay: bool,
+}
+
+static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Takes the socket out of hyper's upgrade (see the module docs).
+pub(crate) fn recover(upgraded: Upgraded) -> Recovered {
+    use hyper_util::server::conn::auto::upgrade::downcast;
+    // warp's own server (`run`, `incoming`, `graceful`): the auto builder.
+    let upgraded = match downcast::<TokioIo<TcpStream>>(upgraded) {
+        Ok(parts) => return tcp(parts.io.into_inner(), parts.read_buf),
+        Err(upgraded) => upgraded,
+    };
+    // A hand-rolled hyper http1 server over a tokio TcpStream.
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => return tcp(parts.io.into_inner(), parts.read_buf),
+        Err(upgraded) => upgraded,
+    };
+    if !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
+        warn!("the server's connections are not tokio TcpStreams: TCP_NODELAY cannot be set (small frames may be delayed; see edk_ws::bind)");
+    }
+    Recovered {
+        stream: Transport::Upgraded(TokioIo::new(upgraded)),
+        read_ahead: Bytes::new(),
+        nodelay: false,
+    }
+}
+
+fn tcp(stream: TcpStream, read_ahead: Bytes) -> Recovered {
+    let nodelay = match stream.set_nodelay(true) {
+        Ok(()) => true,
+        Err(e) => {
+            debug!(error = %e, "could not set TCP_NODELAY");
+            false
+        }
+    };
+    Recovered {
+        stream: Transport::Tcp(stream),
+        read_ahead,
+        nodelay,
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Transport::Upgraded(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
