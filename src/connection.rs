@@ -12,6 +12,7 @@
 //! 4. when both are done the connection is unregistered and the disconnect
 //!    handlers run, exactly once.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use http::HeaderMap;
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use parking_lot::Mutex;
 use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,7 +53,9 @@ type Socket = WebSocketStream<CoalescingIo<Transport>>;
 pub(crate) struct Connection {
     id: u64,
     user: Arc<str>,
-    headers: HeaderMap,
+    /// What the authenticator kept; boxed, as most keep nothing and an
+    /// empty `HeaderMap` is 96 bytes in every connection.
+    headers: Option<Box<HeaderMap>>,
     peer: Option<SocketAddr>,
     pub(crate) queue: SendQueue,
     /// Wakes the reader: a close was requested, or it must stop now.
@@ -77,7 +80,7 @@ impl Connection {
         Connection {
             id,
             user,
-            headers,
+            headers: (!headers.is_empty()).then(|| Box::new(headers)),
             peer,
             queue: SendQueue::new(
                 inner.options.send_queue_capacity,
@@ -152,7 +155,8 @@ impl Conn {
 
     /// The request headers the [`Authenticator`](crate::Authenticator) kept.
     pub fn headers(&self) -> &HeaderMap {
-        &self.0.headers
+        static NONE: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
+        self.0.headers.as_deref().unwrap_or(&NONE)
     }
 
     /// The peer's address, when known.
@@ -203,43 +207,74 @@ impl std::fmt::Debug for Conn {
 
 /// Serves an admitted connection from its upgrade to its end, then
 /// unregisters it and runs the disconnect handlers.
-pub(crate) async fn run(inner: Arc<Inner>, conn: Arc<Connection>, on_upgrade: OnUpgrade) {
+pub(crate) fn run(
+    inner: Arc<Inner>,
+    conn: Arc<Connection>,
+    on_upgrade: OnUpgrade,
+) -> impl Future<Output = ()> {
     let span = tracing::info_span!("ws", user = %conn.user, conn = conn.id, peer = ?conn.peer);
     async move {
-        let reason = match on_upgrade.await {
-            // Handlers and hooks are isolated already; this is the last
-            // line: whatever panics, the connection still ends properly.
-            Ok(upgraded) => match AssertUnwindSafe(serve(&inner, &conn, upgraded))
+        // Boxed: opening is brief, its future need not be part of every
+        // connection task for the connection's whole life. (Matched as a
+        // temporary so that no copy of the socket outlives the statement.)
+        let reason = 'served: {
+            let socket = match AssertUnwindSafe(Box::pin(open(&inner, &conn, on_upgrade)))
                 .catch_unwind()
                 .await
             {
-                Ok(reason) => reason,
-                Err(_) => {
-                    error!("connection task panicked: closing with 1011");
-                    conn.request_close(CloseRequest::new(
-                        code::INTERNAL_ERROR,
-                        "internal error",
-                        DisconnectReason::ServerError,
-                    ));
-                    conn.queue.end();
-                    DisconnectReason::ServerError
-                }
-            },
-            Err(e) => {
-                debug!(error = %e, "upgrade did not complete");
-                conn.queue.end();
-                conn.queue
-                    .close_reason()
-                    .unwrap_or(DisconnectReason::ClientClosed)
-            }
+                Ok(Ok(socket)) => socket,
+                Ok(Err(reason)) => break 'served reason,
+                Err(_) => break 'served panicked(&conn),
+            };
+            AssertUnwindSafe(serve(&inner, &conn, socket))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| panicked(&conn))
         };
         Box::pin(finish(&inner, &conn, reason)).await;
     }
     .instrument(span)
-    .await
 }
 
-async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, upgraded: Upgraded) -> DisconnectReason {
+/// A connection's socket, split: the reader's half, the writer's half and
+/// the buffer the writer fills (see `crate::io`).
+struct Opened {
+    sink: SplitSink<Socket, WsMessage>,
+    stream: SplitStream<Socket>,
+    out: OutBuf,
+}
+
+/// Handlers and hooks are isolated already; this is the last line:
+/// whatever panics, the connection still ends properly.
+fn panicked(conn: &Connection) -> DisconnectReason {
+    error!("connection task panicked: closing with 1011");
+    conn.request_close(CloseRequest::new(
+        code::INTERNAL_ERROR,
+        "internal error",
+        DisconnectReason::ServerError,
+    ));
+    conn.queue.end();
+    DisconnectReason::ServerError
+}
+
+/// Waits for the upgrade, takes the socket back from hyper (see
+/// `crate::transport`) and starts the WebSocket protocol on it.
+async fn open(
+    inner: &Inner,
+    conn: &Connection,
+    on_upgrade: OnUpgrade,
+) -> Result<Opened, DisconnectReason> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            debug!(error = %e, "upgrade did not complete");
+            conn.queue.end();
+            return Err(conn
+                .queue
+                .close_reason()
+                .unwrap_or(DisconnectReason::ClientClosed));
+        }
+    };
     let o = &inner.options;
     let config = WebSocketConfig::default()
         .read_buffer_size(o.read_buffer_size)
@@ -260,44 +295,61 @@ async fn serve(inner: &Arc<Inner>, conn: &Arc<Connection>, upgraded: Upgraded) -
     let ws = if recovered.read_ahead.is_empty() {
         WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
     } else {
-        let part = recovered.read_ahead.to_vec();
+        let part = recovered.read_ahead;
         WebSocketStream::from_partially_read(io, part, Role::Server, Some(config)).await
     };
     info!("connected");
-    let (sink, mut stream) = ws.split();
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        out,
-        o.write_buffer_size,
-        conn.clone(),
-        o.ping_interval,
-        inner.metrics.clone(),
-    ));
+    let (sink, stream) = ws.split();
+    Ok(Opened { sink, stream, out })
+}
 
-    let exit = read_loop(&mut stream, inner, conn).await;
+// `serve` and `write_loop` live as long as their connection, so their
+// state is kept small: each returns an `async move` block, which uses what
+// it captured in place (an `async fn` would keep a second copy of every
+// argument in its state).
 
-    // No more messages: the writer sends a requested close frame, if any, and
-    // ends. A writer stuck on a client that does not read is cut off.
-    conn.queue.end();
-    let wait = if exit == Exit::Forced {
-        Duration::ZERO
-    } else {
-        o.close_timeout
-    };
-    let sink = match tokio::time::timeout(wait, &mut writer).await {
-        Ok(Ok(sink)) => Some(sink),
-        _ => {
-            writer.abort();
-            None
+#[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
+fn serve<'a>(
+    inner: &'a Arc<Inner>,
+    conn: &'a Arc<Connection>,
+    mut socket: Opened,
+) -> impl Future<Output = DisconnectReason> + 'a {
+    async move {
+        let o = &inner.options;
+        let mut writer = tokio::spawn(write_loop(
+            socket.sink,
+            socket.out,
+            o.write_buffer_size,
+            conn.clone(),
+            o.ping_interval,
+            inner.metrics.clone(),
+        ));
+
+        let exit = read_loop(&mut socket.stream, inner, conn).await;
+
+        // No more messages: the writer sends a requested close frame, if any, and
+        // ends. A writer stuck on a client that does not read is cut off.
+        conn.queue.end();
+        let wait = if exit == Exit::Forced {
+            Duration::ZERO
+        } else {
+            o.close_timeout
+        };
+        let sink = match tokio::time::timeout(wait, &mut writer).await {
+            Ok(Ok(sink)) => Some(sink),
+            _ => {
+                writer.abort();
+                None
+            }
+        };
+        if let Some(Ok(ws)) = sink.map(|s| s.reunite(socket.stream)) {
+            // Boxed: it would otherwise be part of every connection task.
+            Box::pin(finish_socket(ws, exit == Exit::Drain, o.close_timeout)).await;
         }
-    };
-    if let Some(Ok(ws)) = sink.map(|s| s.reunite(stream)) {
-        // Boxed: it would otherwise be part of every connection task.
-        Box::pin(finish_socket(ws, exit == Exit::Drain, o.close_timeout)).await;
+        conn.queue
+            .close_reason()
+            .unwrap_or(DisconnectReason::ClientClosed)
     }
-    conn.queue
-        .close_reason()
-        .unwrap_or(DisconnectReason::ClientClosed)
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -458,64 +510,67 @@ async fn on_frame(
 /// The single writer: drains the queue in batches (append each frame to the
 /// connection's [`OutBuf`], flush once: one syscall), pings on schedule, and ends with the close frame when one was
 /// requested. Returns the sink so the reader can reunite the halves.
-async fn write_loop(
+#[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see `serve`
+fn write_loop(
     mut sink: SplitSink<Socket, WsMessage>,
     out: OutBuf,
     flush_above: usize,
     conn: Arc<Connection>,
     ping_every: Duration,
     metrics: Arc<Metrics>,
-) -> SplitSink<Socket, WsMessage> {
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            () = conn.queue.writer_wake.notified() => {}
-            _ = ping.tick() => {
-                if sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+) -> impl Future<Output = SplitSink<Socket, WsMessage>> {
+    async move {
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = conn.queue.writer_wake.notified() => {}
+                _ = ping.tick() => {
+                    if sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let batch = conn.queue.take();
+            let (mut count, mut bytes, mut failed) = (0u64, 0u64, false);
+            for frame in batch.msgs {
+                // Straight into our buffer, not through tungstenite's (which
+                // would keep the capacity of the biggest frame forever).
+                if !out.push_binary(&frame) {
+                    // A close frame is already out (the client closed first).
                     break;
                 }
-                continue;
+                count += 1;
+                bytes += frame.len() as u64;
+                if out.pending() >= flush_above && sink.flush().await.is_err() {
+                    failed = true;
+                    break;
+                }
             }
-        }
-        let batch = conn.queue.take();
-        let (mut count, mut bytes, mut failed) = (0u64, 0u64, false);
-        for frame in batch.msgs {
-            // Straight into our buffer, not through tungstenite's (which
-            // would keep the capacity of the biggest frame forever).
-            if !out.push_binary(&frame) {
-                // A close frame is already out (the client closed first).
+            if count > 0 {
+                metrics.messages_out.fetch_add(count, Ordering::Relaxed);
+                metrics.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+            }
+            if failed {
                 break;
             }
-            count += 1;
-            bytes += frame.len() as u64;
-            if out.pending() >= flush_above && sink.flush().await.is_err() {
-                failed = true;
+            if let Some(c) = batch.close {
+                debug!(code = c.code, reason = %c.reason, "sending close");
+                let frame = CloseFrame {
+                    code: CloseCode::from(c.code),
+                    reason: c.text.into(),
+                };
+                let _ = sink.send(WsMessage::Close(Some(frame))).await;
+                break;
+            }
+            if sink.flush().await.is_err() || batch.ended {
                 break;
             }
         }
-        if count > 0 {
-            metrics.messages_out.fetch_add(count, Ordering::Relaxed);
-            metrics.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-        }
-        if failed {
-            break;
-        }
-        if let Some(c) = batch.close {
-            debug!(code = c.code, reason = %c.reason, "sending close");
-            let frame = CloseFrame {
-                code: CloseCode::from(c.code),
-                reason: c.text.into(),
-            };
-            let _ = sink.send(WsMessage::Close(Some(frame))).await;
-            break;
-        }
-        if sink.flush().await.is_err() || batch.ended {
-            break;
-        }
+        sink
     }
-    sink
 }
 
 /// Ends the socket: sends what is still buffered (e.g. tungstenite's reply

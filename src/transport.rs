@@ -36,7 +36,9 @@ pub(crate) enum Transport {
 /// handshake that hyper already read, and whether `TCP_NODELAY` is on.
 pub(crate) struct Recovered {
     pub stream: Transport,
-    pub read_ahead: Bytes,
+    /// A copy: hyper's `Bytes` would keep its whole read buffer (several
+    /// KiB) alive for as long as the connection lives.
+    pub read_ahead: Vec<u8>,
     pub nodelay: bool,
 }
 
@@ -60,7 +62,7 @@ pub(crate) fn recover(upgraded: Upgraded) -> Recovered {
     }
     Recovered {
         stream: Transport::Upgraded(TokioIo::new(upgraded)),
-        read_ahead: Bytes::new(),
+        read_ahead: Vec::new(),
         nodelay: false,
     }
 }
@@ -75,7 +77,7 @@ fn tcp(stream: TcpStream, read_ahead: Bytes) -> Recovered {
     };
     Recovered {
         stream: Transport::Tcp(stream),
-        read_ahead,
+        read_ahead: read_ahead.to_vec(),
         nodelay,
     }
 }
