@@ -212,7 +212,9 @@ pub(crate) fn run(
     conn: Arc<Connection>,
     on_upgrade: OnUpgrade,
 ) -> impl Future<Output = ()> {
-    let span = tracing::info_span!("ws", user = %conn.user, conn = conn.id, peer = ?conn.peer);
+    // No parent: the connection outlives the HTTP request that opened it,
+    // and a child span would keep the request's span open as long.
+    let span = tracing::info_span!(parent: None, "ws", user = %conn.user, conn = conn.id, peer = ?conn.peer);
     async move {
         // Boxed: opening is brief, its future need not be part of every
         // connection task for the connection's whole life. (Matched as a
@@ -285,7 +287,7 @@ async fn open(
         .max_frame_size(Some(o.max_message_size));
     let out = OutBuf::default();
     let recovered = transport::recover(upgraded);
-    if !recovered.nodelay {
+    if recovered.nagle_possible {
         inner
             .metrics
             .tcp_nodelay_unavailable

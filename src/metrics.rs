@@ -110,9 +110,10 @@ pub struct MetricsSnapshot {
     pub send_failed: u64,
     /// Handlers that panicked (each was caught and logged).
     pub handler_panics: u64,
-    /// Connections served without `TCP_NODELAY` because the server did not
-    /// hand over a tokio `TcpStream` (see [`crate::bind`]); 0 under warp's
-    /// own server however the listener was bound.
+    /// Connections served without `TCP_NODELAY`: a TCP socket on which it
+    /// could not be set, or a stream that is neither a tokio `TcpStream`
+    /// nor a `UnixStream` (a custom acceptor). 0 under warp's own server
+    /// with a TCP or Unix listener, however it was bound.
     pub tcp_nodelay_unavailable: u64,
 }
 

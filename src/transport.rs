@@ -9,9 +9,11 @@
 //! 40 ms), and reads and writes the socket without hyper's boxed,
 //! dynamically dispatched upgrade type in between.
 //!
-//! A server that hands over something else (a Unix socket, TLS, a custom
-//! acceptor) still works through the upgraded IO; that fallback is counted
-//! in [`MetricsSnapshot::tcp_nodelay_unavailable`](crate::MetricsSnapshot)
+//! A Unix socket (warp's `incoming(UnixListener)`) is taken back the same
+//! way; it has no Nagle delay. A server that hands over something else (a
+//! custom acceptor, TLS) still works through the upgraded IO; that, and a
+//! TCP socket on which the option could not be set, is counted in
+//! [`MetricsSnapshot::tcp_nodelay_unavailable`](crate::MetricsSnapshot)
 //! and logged once.
 
 use std::io;
@@ -29,17 +31,21 @@ use tracing::{debug, warn};
 /// The connection's stream: the TCP socket itself, or hyper's upgraded IO.
 pub(crate) enum Transport {
     Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
     Upgraded(TokioIo<Upgraded>),
 }
 
 /// What the upgrade left: the stream, bytes the client sent after its
-/// handshake that hyper already read, and whether `TCP_NODELAY` is on.
+/// handshake that hyper already read, and whether small frames may be held
+/// back by Nagle's algorithm (a TCP socket without `TCP_NODELAY`, or a
+/// stream of unknown kind).
 pub(crate) struct Recovered {
     pub stream: Transport,
     /// A copy: hyper's `Bytes` would keep its whole read buffer (several
     /// KiB) alive for as long as the connection lives.
     pub read_ahead: Vec<u8>,
-    pub nodelay: bool,
+    pub nagle_possible: bool,
 }
 
 static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
@@ -57,28 +63,37 @@ pub(crate) fn recover(upgraded: Upgraded) -> Recovered {
         Ok(parts) => return tcp(parts.io.into_inner(), parts.read_buf),
         Err(upgraded) => upgraded,
     };
+    #[cfg(unix)]
+    let upgraded = match downcast::<TokioIo<tokio::net::UnixStream>>(upgraded) {
+        Ok(parts) => {
+            return Recovered {
+                stream: Transport::Unix(parts.io.into_inner()),
+                read_ahead: parts.read_buf.to_vec(),
+                nagle_possible: false,
+            }
+        }
+        Err(upgraded) => upgraded,
+    };
     if !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
-        warn!("the server's connections are not tokio TcpStreams: TCP_NODELAY cannot be set (small frames may be delayed; see edk_ws::bind)");
+        warn!("the server's connections are neither tokio TcpStreams nor UnixStreams: TCP_NODELAY cannot be set (small frames may be delayed)");
     }
     Recovered {
         stream: Transport::Upgraded(TokioIo::new(upgraded)),
         read_ahead: Vec::new(),
-        nodelay: false,
+        nagle_possible: true,
     }
 }
 
 fn tcp(stream: TcpStream, read_ahead: Bytes) -> Recovered {
-    let nodelay = match stream.set_nodelay(true) {
-        Ok(()) => true,
-        Err(e) => {
-            debug!(error = %e, "could not set TCP_NODELAY");
-            false
-        }
-    };
+    // Read back, so what is reported is the socket's real state.
+    let nodelay = stream.set_nodelay(true).and_then(|()| stream.nodelay());
+    if let Err(e) = &nodelay {
+        debug!(error = %e, "could not set TCP_NODELAY");
+    }
     Recovered {
         stream: Transport::Tcp(stream),
         read_ahead: read_ahead.to_vec(),
-        nodelay,
+        nagle_possible: !matches!(nodelay, Ok(true)),
     }
 }
 
@@ -90,6 +105,8 @@ impl AsyncRead for Transport {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(unix)]
+            Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -103,6 +120,8 @@ impl AsyncWrite for Transport {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(unix)]
+            Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -110,6 +129,8 @@ impl AsyncWrite for Transport {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(unix)]
+            Transport::Unix(s) => Pin::new(s).poll_flush(cx),
             Transport::Upgraded(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -117,6 +138,8 @@ impl AsyncWrite for Transport {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(unix)]
+            Transport::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
         }
     }

@@ -80,4 +80,67 @@ async fn a_frame_sent_with_the_handshake_is_delivered() {
     assert_eq!(reply.id, "early");
     assert_eq!(reply.payload.as_ref(), b"sent with the handshake");
     assert_eq!(reply.sender, "bob");
+    // The early bytes were handed over once: the next reply is the next
+    // message, not a second copy of the first.
+    send(&mut ws, &msg("later", "echo", b"")).await;
+    assert_eq!(recv(&mut ws).await.id, "later");
+    assert_eq!(srv.client.metrics().messages_in, 2);
+}
+
+/// warp's own server over a Unix socket: the stream is taken back too
+/// (there is no Nagle delay to turn off, so nothing is counted).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_is_served_directly() {
+    use edk_ws::JwtAuthenticator;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use warp::Filter;
+
+    let path = std::env::temp_dir().join(format!("edk-ws-test-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let jwt = JwtAuthenticator::new(SECRET);
+    let client = WsClient::new(Options::default(), jwt.clone());
+    echo(&client);
+    let routes = warp::path("ws").and(client.handler());
+    tokio::spawn(warp::serve(routes).incoming(listener).run());
+
+    let mut req = "ws://localhost/ws".into_client_request().unwrap();
+    let token = jwt
+        .issue("carol", std::time::Duration::from_secs(60))
+        .unwrap();
+    let h = req.headers_mut();
+    h.insert("x-user-id", HeaderValue::from_static("carol"));
+    h.insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&format!("edk.ws.v1, {token}")).unwrap(),
+    );
+    let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, stream))
+        .await
+        .expect("handshake timed out")
+        .expect("handshake failed");
+    let _ = std::fs::remove_file(&path);
+    let (mut tx, mut rx) = futures::StreamExt::split(ws);
+    futures::SinkExt::send(
+        &mut tx,
+        tokio_tungstenite::tungstenite::Message::Binary(
+            msg("u", "echo", b"x").encode_to_vec().into(),
+        ),
+    )
+    .await
+    .unwrap();
+    let reply = loop {
+        match tokio::time::timeout(WAIT, futures::StreamExt::next(&mut rx)).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b)))) => {
+                break edk_ws::Message::decode(b).unwrap()
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no reply: {other:?}"),
+        }
+    };
+    assert_eq!(reply.id, "u");
+    assert_eq!(reply.sender, "carol");
+    assert_eq!(client.metrics().tcp_nodelay_unavailable, 0);
 }
