@@ -5,15 +5,17 @@
 //! - `send` to one of 10,000 users (registry lookup + queue push);
 //! - room publish to 1,000 members (no sockets) vs 1,000 single sends.
 //!
-//! `cargo bench --bench hot_paths`; socket-less connections come from
-//! `WsClient::__bench_attach`, and their queues are drained in the loop.
+//! Socket-less connections come from
+//! `WsClient::bench_attach` (feature `bench`), and their queues are drained
+//! in the loop: `cargo bench --features bench --bench hot_paths`.
 
 use std::collections::HashMap;
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use edk_ws::{codec, JwtAuthenticator, Message, Options, WsClient};
+use edk_ws::bench as codec;
+use edk_ws::{JwtAuthenticator, Message, Options, WsClient};
 use prost::Message as _;
 
 fn sample(payload: usize) -> Message {
@@ -29,11 +31,9 @@ fn sample(payload: usize) -> Message {
 }
 
 fn client() -> WsClient {
-    let options = Options {
-        send_queue_capacity: 1 << 20,
-        send_queue_max_bytes: usize::MAX >> 1,
-        ..Default::default()
-    };
+    let options = Options::default()
+        .with_send_queue_capacity(1 << 20)
+        .with_send_queue_max_bytes(usize::MAX >> 1);
     WsClient::new(options, JwtAuthenticator::new(b"bench"))
 }
 
@@ -86,7 +86,7 @@ fn encode_broadcast(c: &mut Criterion) {
 fn send_lookup(c: &mut Criterion) {
     let client = client();
     let users: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
-    let conns: Vec<_> = users.iter().map(|u| client.__bench_attach(u)).collect();
+    let conns: Vec<_> = users.iter().map(|u| client.bench_attach(u)).collect();
     let msg = sample(64);
     let mut g = c.benchmark_group("send");
     g.throughput(Throughput::Elements(1));
@@ -95,15 +95,15 @@ fn send_lookup(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % users.len();
             client.send(&users[i], msg.clone()).ok();
-            conns[i].__bench_drain();
+            (conns[i].1)();
         })
     });
     let mut i = 0usize;
     g.bench_function("baseline_conn_send_no_lookup", |b| {
         b.iter(|| {
             i = (i + 7919) % users.len();
-            conns[i].send(msg.clone()).ok();
-            conns[i].__bench_drain();
+            conns[i].0.send(msg.clone()).ok();
+            (conns[i].1)();
         })
     });
     g.finish();
@@ -113,12 +113,12 @@ fn room_publish(c: &mut Criterion) {
     let client = client();
     let n = 1_000usize;
     let users: Vec<String> = (0..n).map(|i| format!("member-{i}")).collect();
-    let conns: Vec<_> = users.iter().map(|u| client.__bench_attach(u)).collect();
+    let conns: Vec<_> = users.iter().map(|u| client.bench_attach(u)).collect();
     for u in &users {
         client.join(u, "bench-room", HashMap::new()).expect("join");
     }
     for c in &conns {
-        c.__bench_drain();
+        (c.1)();
     }
     let msg = sample(64);
     let mut g = c.benchmark_group("room_publish_1000");
@@ -127,7 +127,7 @@ fn room_publish(c: &mut Criterion) {
         b.iter(|| {
             client.publish("bench-room", msg.clone()).ok();
             for c in &conns {
-                c.__bench_drain();
+                (c.1)();
             }
         })
     });
@@ -137,7 +137,7 @@ fn room_publish(c: &mut Criterion) {
                 client.send(u, msg.clone()).ok();
             }
             for c in &conns {
-                c.__bench_drain();
+                (c.1)();
             }
         })
     });

@@ -24,7 +24,9 @@ pub struct AuthRequest<'a> {
 }
 
 /// Who a connection belongs to, as accepted by an [`Authenticator`].
+/// Built with [`Identity::new`] (and [`Identity::with_headers`]).
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Identity {
     /// The user id the connection is registered under.
     pub user_id: String,
@@ -34,8 +36,26 @@ pub struct Identity {
     pub headers: HeaderMap,
 }
 
+impl Identity {
+    /// The identity of `user_id`, keeping no headers.
+    pub fn new(user_id: impl Into<String>) -> Self {
+        Identity {
+            user_id: user_id.into(),
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// Keeps `headers` for the connection's handlers ([`Conn::headers`](crate::Conn::headers)).
+    #[must_use]
+    pub fn with_headers(mut self, headers: HeaderMap) -> Self {
+        self.headers = headers;
+        self
+    }
+}
+
 /// Why a handshake was refused by an [`Authenticator`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthError {
     /// Missing, malformed, badly signed or expired credentials → HTTP 401.
     #[error("unauthorized: {0}")]
@@ -61,7 +81,7 @@ pub enum AuthError {
 /// impl Authenticator for StaticToken {
 ///     async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Identity, AuthError> {
 ///         if req.token == self.0 {
-///             Ok(Identity { user_id: req.user_id.to_owned(), ..Default::default() })
+///             Ok(Identity::new(req.user_id))
 ///         } else {
 ///             Err(AuthError::Unauthorized("unknown token".into()))
 ///         }
@@ -71,16 +91,32 @@ pub enum AuthError {
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
     /// Accepts the request as an [`Identity`], or refuses it.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::Unauthorized`] (401) or [`AuthError::Forbidden`] (403).
     async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Identity, AuthError>;
 }
 
 /// The claims [`JwtAuthenticator`] reads and [`JwtAuthenticator::issue`] writes.
+/// Built with [`Claims::new`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Claims {
     /// Subject: must equal the `x-user-id` header.
     pub sub: String,
     /// Expiry, Unix seconds. Required and enforced.
     pub exp: u64,
+}
+
+impl Claims {
+    /// Claims for `sub` expiring at `exp` (Unix seconds).
+    pub fn new(sub: impl Into<String>, exp: u64) -> Self {
+        Claims {
+            sub: sub.into(),
+            exp,
+        }
+    }
 }
 
 /// HS256 JWT checking: the token's `sub` must equal the user id header and
@@ -130,6 +166,11 @@ impl JwtAuthenticator {
 
     /// Signs a token for `user_id` valid for `ttl` (for tests, tools and the
     /// example; production tokens usually come from your identity service).
+    ///
+    /// # Errors
+    ///
+    /// What `jsonwebtoken` reports when it cannot encode (not expected for
+    /// HS256 with these claims).
     pub fn issue(
         &self,
         user_id: &str,
@@ -143,11 +184,20 @@ impl JwtAuthenticator {
     }
 
     /// Signs arbitrary claims (e.g. an already expired `exp`, for tests).
+    ///
+    /// # Errors
+    ///
+    /// As [`JwtAuthenticator::issue`].
     pub fn issue_claims(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
     }
 
     /// Checks a token synchronously (what [`Authenticator::authenticate`] does).
+    ///
+    /// # Errors
+    ///
+    /// `Unauthorized` for a bad signature, a malformed token or a missing
+    /// or passed `exp`; `Forbidden` when `sub` is another user.
     pub fn verify(&self, user_id: &str, token: &str) -> Result<Claims, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::Unauthorized(format!("invalid token: {e}")))?;
@@ -164,10 +214,7 @@ impl JwtAuthenticator {
 impl Authenticator for JwtAuthenticator {
     async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Identity, AuthError> {
         self.verify(req.user_id, req.token)?;
-        Ok(Identity {
-            user_id: req.user_id.to_owned(),
-            headers: HeaderMap::new(),
-        })
+        Ok(Identity::new(req.user_id))
     }
 }
 

@@ -1,29 +1,30 @@
-//! [`WsClient`]: the module's public handle (the Go module's `ws.New()`).
+//! [`WsClient`]: the module's public handle (the Go module's `ws.New()`), a
+//! thin facade over the session layer (handshake filter, handlers) and the
+//! node (hub + backplane).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
-use tokio::sync::Notify;
 use warp::reply::Response;
 use warp::Filter;
 
 use crate::auth::Authenticator;
-use crate::close::{code, CloseRequest, DisconnectReason};
-use crate::codec;
-use crate::connection::Conn;
+use crate::backplane::{LocalBackplane, Node};
+use crate::conn::Conn;
 use crate::error::{SendError, SendReport};
-use crate::handlers::{Handlers, Subscription};
+use crate::hub::policy::{RoomPolicy, StateChange};
+use crate::hub::presence::ActivityError;
+use crate::hub::rooms::RoomError;
+use crate::hub::{Hub, Payload};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::options::Options;
-use crate::policy::{AllowAll, RoomPolicy, StateChange};
-use crate::presence::{ActivityError, Presence};
-use crate::proto::{Activity, Members, Message, Status};
-use crate::registry::Registry;
-use crate::rooms::{RoomError, Rooms};
+use crate::protocol::close::{code, CloseRequest, DisconnectReason};
+use crate::protocol::codec;
+use crate::protocol::proto::{Activity, Members, Message, Status};
+use crate::session::{handshake, Endpoint};
+use crate::subscribers::Subscription;
 
 /// The WebSocket endpoint: mount its [`handler`](WsClient::handler) on a warp
 /// route, subscribe handlers, and send to users.
@@ -32,7 +33,6 @@ use crate::rooms::{RoomError, Rooms};
 /// separate worlds (users, handlers, metrics).
 ///
 /// ```no_run
-/// use std::time::Duration;
 /// use edk_ws::{JwtAuthenticator, Message, Options, WsClient};
 /// use warp::Filter;
 ///
@@ -56,86 +56,12 @@ use crate::rooms::{RoomError, Rooms};
 /// ```
 #[derive(Clone)]
 pub struct WsClient {
-    inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub options: Options,
-    pub auth: Box<dyn Authenticator>,
-    pub registry: Registry,
-    pub handlers: Arc<Handlers>,
-    pub metrics: Arc<Metrics>,
-    pub rooms: Rooms,
-    pub presence: Presence,
-    policy: RwLock<Arc<dyn RoomPolicy>>,
-    next_conn_id: AtomicU64,
-    live: AtomicUsize,
-    idle: Notify,
-}
-
-impl Inner {
-    pub fn room_policy(&self) -> Arc<dyn RoomPolicy> {
-        self.policy.read().clone()
-    }
-
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn connection_started(&self) {
-        self.live.fetch_add(1, Ordering::SeqCst);
-        self.metrics.connections_now.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn connection_ended(&self) {
-        self.metrics.connections_now.fetch_sub(1, Ordering::Relaxed);
-        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle.notify_waiters();
-        }
-    }
-
-    async fn wait_all_ended(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.live.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    fn send_error(&self, e: SendError) -> SendError {
-        if matches!(e, SendError::NotConnected | SendError::ShuttingDown) {
-            self.metrics.send_failed.fetch_add(1, Ordering::Relaxed);
-        }
-        e
-    }
-}
-
-/// Runs `f` once `window` has passed: on the tokio runtime when there is
-/// one, else on a short-lived thread. Never inline — callers (batched room
-/// and presence events) may hold locks that `f` takes.
-pub(crate) fn after_window(window: Duration, f: impl FnOnce() + Send + 'static) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) => {
-            h.spawn(async move {
-                tokio::time::sleep(window).await;
-                f();
-            });
-        }
-        Err(_) => {
-            std::thread::spawn(move || {
-                std::thread::sleep(window);
-                f();
-            });
-        }
-    }
+    inner: Arc<Endpoint>,
 }
 
 /// What [`WsClient::shutdown`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShutdownReport {
     /// Connections asked to close with 1001.
     pub closed: usize,
@@ -147,33 +73,31 @@ impl WsClient {
     /// A new endpoint with these options and this token checker.
     /// Durations are clamped to 1 ms – 1 day and sizes to at least 1.
     pub fn new(options: Options, authenticator: impl Authenticator) -> Self {
-        let options = options.sanitized();
+        let hub = Hub::new(options.sanitized(), Arc::new(Metrics::default()));
+        let node = Node::new(hub, Arc::new(LocalBackplane::new()));
         WsClient {
-            inner: Arc::new(Inner {
-                options,
-                auth: Box::new(authenticator),
-                registry: Registry::new(),
-                handlers: Arc::new(Handlers::new()),
-                metrics: Arc::new(Metrics::default()),
-                rooms: Rooms::new(),
-                presence: Presence::new(),
-                policy: RwLock::new(Arc::new(AllowAll)),
-                next_conn_id: AtomicU64::new(1),
-                live: AtomicUsize::new(0),
-                idle: Notify::new(),
-            }),
+            inner: Arc::new(Endpoint::new(node, Box::new(authenticator))),
         }
+    }
+
+    fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    fn hub(&self) -> &Arc<Hub> {
+        &self.inner.node.hub
     }
 
     /// The options in force.
     pub fn options(&self) -> &Options {
-        &self.inner.options
+        &self.hub().options
     }
 
     /// The warp filter that answers WebSocket upgrades (the Go module's
-    /// `GetWsHandler`). It always replies (101, or a refusal status: see
-    /// [`crate::handshake`]); mount it behind your path filter, e.g.
+    /// `GetWsHandler`). It always replies (101, or a refusal status: see the
+    /// README's handshake table); mount it behind your path filter, e.g.
     /// `warp::path("ws").and(warp::path::end()).and(client.handler())`.
+    #[must_use]
     pub fn handler(
         &self,
     ) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible>
@@ -181,7 +105,7 @@ impl WsClient {
            + Send
            + Sync
            + 'static {
-        crate::handshake::filter(self.inner.clone())
+        handshake::filter(self.inner.clone())
     }
 
     /// Subscribes a message handler. Handlers run in subscription order for
@@ -210,16 +134,14 @@ impl WsClient {
     /// Queues `msg` for `user_id`'s connection. `timestamp_ms` is stamped now;
     /// `sender` is kept as given (`""` means the server; a message received
     /// from a client carries its origin user id).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError`]: `NotConnected`, `ShuttingDown`, or what the
+    /// connection's queue refused (`QueueFull`, `Closed`, `TooLarge`).
     pub fn send(&self, user_id: &str, mut msg: Message) -> Result<(), SendError> {
-        let inner = &self.inner;
-        if inner.registry.is_closed() {
-            return Err(inner.send_error(SendError::ShuttingDown));
-        }
-        let conn = inner
-            .registry
-            .get(user_id)
-            .ok_or_else(|| inner.send_error(SendError::NotConnected))?;
-        conn.push(codec::encode_outbound(&mut msg))
+        let frame = codec::encode_outbound(&mut msg);
+        self.hub().send(user_id, Payload::Frame(frame))
     }
 
     /// Queues `msg` for each of `users` (encoded once, shared by all).
@@ -229,82 +151,41 @@ impl WsClient {
         S: AsRef<str>,
     {
         let frame = codec::encode_outbound(&mut msg);
-        let mut report = SendReport::default();
-        let closed = self.inner.registry.is_closed();
-        for u in users {
-            let u = u.as_ref();
-            let r = if closed {
-                Err(self.inner.send_error(SendError::ShuttingDown))
-            } else {
-                match self.inner.registry.get(u) {
-                    Some(c) => c.push(frame.clone()),
-                    None => Err(self.inner.send_error(SendError::NotConnected)),
-                }
-            };
-            match r {
-                Ok(()) => report.queued += 1,
-                Err(e) => report.failed.push((u.to_owned(), e)),
-            }
-        }
-        report
+        let users: Vec<S> = users.into_iter().collect();
+        let users: Vec<&str> = users.iter().map(AsRef::as_ref).collect();
+        self.hub().send_many(&users, frame)
     }
 
     /// Queues `msg` for every connected user (encoded once, shared by all).
     pub fn broadcast(&self, mut msg: Message) -> SendReport {
-        let mut report = SendReport::default();
-        if self.inner.registry.is_closed() {
-            self.inner.registry.for_each(|c| {
-                report
-                    .failed
-                    .push((c.user_id().to_owned(), SendError::ShuttingDown));
-            });
-            self.inner
-                .metrics
-                .send_failed
-                .fetch_add(report.failed.len() as u64, Ordering::Relaxed);
-            return report;
-        }
-        let frame = codec::encode_outbound(&mut msg);
-        self.inner
-            .registry
-            .for_each(|c| match c.push(frame.clone()) {
-                Ok(()) => report.queued += 1,
-                Err(e) => report.failed.push((c.user_id().to_owned(), e)),
-            });
-        report
+        self.hub().broadcast(codec::encode_outbound(&mut msg))
     }
 
     /// Closes `user_id`'s connection with 4002 and `reason`, after what is
     /// already queued for it. Its disconnect handlers get `Kicked`.
-    /// `Err(Closed)` when the connection was already closing for another
-    /// reason (which stays the reported one).
+    ///
+    /// # Errors
+    ///
+    /// `NotConnected`; `Closed` when the connection was already closing for
+    /// another reason (which stays the reported one).
     pub fn kick(&self, user_id: &str, reason: &str) -> Result<(), SendError> {
-        let conn = self
-            .inner
-            .registry
-            .get(user_id)
-            .ok_or(SendError::NotConnected)?;
-        let kick = CloseRequest::new(code::KICKED, reason, DisconnectReason::Kicked);
-        if !conn.request_close(kick) {
-            return Err(SendError::Closed);
-        }
-        Ok(())
+        self.hub().kick(user_id, reason)
     }
 
     /// The connection of `user_id`, if connected.
     pub fn connection(&self, user_id: &str) -> Option<Conn> {
-        self.inner.registry.get(user_id).map(Conn)
+        self.hub().registry.get(user_id).map(Conn)
     }
 
     /// Whether `user_id` has a registered connection.
     pub fn is_connected(&self, user_id: &str) -> bool {
-        self.inner.registry.get(user_id).is_some()
+        self.hub().registry.get(user_id).is_some()
     }
 
     /// Users with a registered connection.
     pub fn connected_users(&self) -> Vec<String> {
         let mut v = Vec::new();
-        self.inner
+        self.hub()
             .registry
             .for_each(|c| v.push(c.user_id().to_owned()));
         v
@@ -312,17 +193,23 @@ impl WsClient {
 
     /// Number of registered users (one connection each).
     pub fn user_count(&self) -> usize {
-        self.inner.registry.len()
+        self.hub().registry.len()
     }
 
     /// Sets the room policy (join, state and publish hooks; per-room
-    /// settings). The default, [`AllowAll`], allows everything.
+    /// settings). The default, [`AllowAll`](crate::AllowAll), allows
+    /// everything.
     pub fn set_room_policy(&self, policy: impl RoomPolicy) {
-        *self.inner.policy.write() = Arc::new(policy);
+        self.hub().policy.set(policy);
     }
 
     /// Joins `user_id`'s connection to `room` with member `state` (no policy
     /// check: the server is trusted). Joining again replaces the state.
+    ///
+    /// # Errors
+    ///
+    /// [`RoomError`]: `NotConnected`, an invalid name, a full room, too many
+    /// rooms, or state over the limits.
     pub fn join(
         &self,
         user_id: &str,
@@ -330,53 +217,71 @@ impl WsClient {
         state: HashMap<String, String>,
     ) -> Result<(), RoomError> {
         let conn = self
-            .inner
+            .hub()
             .registry
             .get(user_id)
             .ok_or(RoomError::NotConnected)?;
-        self.inner
-            .rooms
-            .join(&self.inner, &conn, room, state, false)
+        self.node().join(&conn, room, state, false)
     }
 
     /// Removes `user_id` from `room`; the others get a leave event.
+    ///
+    /// # Errors
+    ///
+    /// `NotConnected`, or `NotAMember`.
     pub fn leave(&self, user_id: &str, room: &str) -> Result<(), RoomError> {
         let conn = self
-            .inner
+            .hub()
             .registry
             .get(user_id)
             .ok_or(RoomError::NotConnected)?;
-        self.inner.rooms.leave(&self.inner, &conn, room)
+        self.node().leave(&conn, room)
     }
 
     /// Publishes `msg` to every member of `room` (encoded once), stamped
     /// with the room and the time; `sender` is kept as given.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when the room does not exist.
     pub fn publish(&self, room: &str, msg: Message) -> Result<SendReport, RoomError> {
         self.publish_except(room, msg, &[])
     }
 
     /// Like [`publish`](WsClient::publish), skipping the users in `exclude`.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](WsClient::publish).
     pub fn publish_except(
         &self,
         room: &str,
-        msg: Message,
+        mut msg: Message,
         exclude: &[&str],
     ) -> Result<SendReport, RoomError> {
-        self.inner.rooms.publish(room, msg, None, exclude)
+        msg.room = room.to_owned();
+        msg.control = None;
+        let frame = codec::encode_outbound(&mut msg);
+        self.hub().publish(room, frame, None, exclude)
     }
 
-    /// The members of `room` (with their state) and its shared state.
+    /// The members of `room` (all of them, with their state) and its shared
+    /// state.
     pub fn members(&self, room: &str) -> Option<Members> {
-        self.inner.rooms.members(room)
+        self.hub().rooms.members(room)
     }
 
     /// The shared state of `room`.
     pub fn room_state(&self, room: &str) -> Option<HashMap<String, String>> {
-        self.inner.rooms.room_state(room)
+        self.hub().rooms.room_state(room)
     }
 
     /// Sets and removes keys of `room`'s shared state (no policy check);
     /// every member gets `StateChanged` with an empty `user_id`.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`, or `StateTooLarge`.
     pub fn set_room_state(
         &self,
         room: &str,
@@ -388,93 +293,80 @@ impl WsClient {
             room_removed: removed,
             ..Default::default()
         };
-        self.inner
-            .rooms
-            .update_state(&self.inner, room, None, change)
+        self.node().update_state(room, None, change)
     }
 
     /// Closes `room`: every member gets `RoomClosed { reason }` and is no
     /// longer in it. Returns how many members it had.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`.
     pub fn close_room(&self, room: &str, reason: &str) -> Result<usize, RoomError> {
-        self.inner
-            .rooms
-            .close(room, reason)
-            .ok_or(RoomError::NotFound)
+        self.node().close_room(room, reason)
     }
 
     /// Names of the rooms that exist now (rooms with members).
     pub fn rooms(&self) -> Vec<String> {
-        self.inner.rooms.names()
+        self.hub().rooms.names()
     }
 
     /// Number of rooms.
     pub fn room_count(&self) -> usize {
-        self.inner.rooms.len()
+        self.hub().rooms.len()
     }
 
     /// `user_id`'s activity; `None` means offline.
     pub fn activity(&self, user_id: &str) -> Option<Activity> {
-        if self.inner.options.online_activities_disabled {
+        if self.options().online_activities_disabled {
             return None;
         }
-        self.inner.presence.get(user_id)
+        self.hub().presence.get(user_id)
     }
 
     /// Every non-offline activity.
     pub fn activities(&self) -> Vec<Activity> {
-        if self.inner.options.online_activities_disabled {
+        if self.options().online_activities_disabled {
             return Vec::new();
         }
-        self.inner.presence.list()
+        self.hub().presence.list()
     }
 
     /// Sets a connected user's activity, as if the user had sent
     /// `SetActivity`; it propagates to every other connected user.
+    ///
+    /// # Errors
+    ///
+    /// `Disabled` (activities are off), or `NotConnected`.
     pub fn set_activity(
         &self,
         user_id: &str,
         status: Status,
         detail: &str,
     ) -> Result<(), ActivityError> {
-        if self.inner.options.online_activities_disabled {
+        if self.options().online_activities_disabled {
             return Err(ActivityError::Disabled);
         }
         let conn = self
-            .inner
+            .hub()
             .registry
             .get(user_id)
             .ok_or(ActivityError::NotConnected)?;
-        self.inner
-            .presence
-            .set(&self.inner, &conn, status, detail.to_owned());
-        Ok(())
+        self.node().set_activity(&conn, status, detail.to_owned())
     }
 
     /// Calls `handler` on every activity change (including going offline),
     /// synchronously: keep it quick, spawn for real work.
-    pub fn subscribe_activity_handler(&self, handler: impl Fn(&Activity) + Send + Sync + 'static) {
-        self.inner.presence.subscribe(Arc::new(handler));
-    }
-
-    /// Registers a connection with no socket behind it, for benchmarks of
-    /// the delivery path (`benches/`). Not part of the supported API.
-    #[doc(hidden)]
-    pub fn __bench_attach(&self, user_id: &str) -> Conn {
-        let inner = &self.inner;
-        let conn = Arc::new(crate::connection::Connection::new(
-            inner.next_conn_id(),
-            Arc::from(user_id),
-            http::HeaderMap::new(),
-            None,
-            inner,
-        ));
-        let _ = inner.registry.admit(conn.clone(), false);
-        Conn(conn)
+    pub fn subscribe_activity_handler(
+        &self,
+        handler: impl Fn(&Activity) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.hub().presence.subscribe(Arc::new(handler))
     }
 
     /// The counters.
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.inner.metrics.snapshot()
+        self.hub().metrics.snapshot()
     }
 
     /// Shuts the endpoint down: new upgrades get 503 and sends fail with
@@ -485,8 +377,8 @@ impl WsClient {
     /// warp's own graceful shutdown does not wait for upgraded connections:
     /// call this before (or while) stopping the server.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-        let inner = &self.inner;
-        let conns = inner.registry.close();
+        let (inner, hub) = (&self.inner, self.hub());
+        let conns = hub.registry.close();
         tracing::info!(connections = conns.len(), "shutting down");
         for c in &conns {
             c.request_close(CloseRequest::new(
@@ -495,21 +387,41 @@ impl WsClient {
                 DisconnectReason::ServerShutdown,
             ));
         }
-        let completed = tokio::time::timeout(deadline, inner.wait_all_ended())
+        inner.tasks.close();
+        let completed = tokio::time::timeout(deadline, inner.tasks.wait())
             .await
             .is_ok();
         let mut unfinished = 0;
         if !completed {
-            inner.registry.for_each(|c| {
+            inner.cut.cancel();
+            hub.registry.for_each(|c| {
                 unfinished += 1;
-                c.force_stop();
+                c.reader_wake.notify_one();
             });
             tracing::warn!(unfinished, "shutdown deadline passed: cutting connections");
         }
+        self.node().stop().await;
         ShutdownReport {
             closed: conns.len(),
             unfinished,
         }
+    }
+}
+
+#[cfg(feature = "bench")]
+impl WsClient {
+    /// Registers a connection with no socket behind it, for the benchmarks
+    /// of the delivery path (`benches/`, feature `bench`): returns its
+    /// handle and a function that takes what was queued for it and counts
+    /// the frames.
+    #[doc(hidden)]
+    pub fn bench_attach(&self, user_id: &str) -> (Conn, impl Fn() -> usize) {
+        let hub = self.hub();
+        let id = hub.next_conn_id();
+        let conn = hub.new_connection(id, id, Arc::from(user_id), http::HeaderMap::new(), None);
+        let _ = hub.registry.admit(conn.clone(), false);
+        let handle = Conn(conn.clone());
+        (handle, move || conn.queue.take().msgs.len())
     }
 }
 

@@ -21,11 +21,16 @@ pub enum SendError {
     /// dropped and the connection is left alone.
     #[error("message larger than the send queue")]
     TooLarge,
+    /// The user is not connected here and the backplane that reaches the
+    /// other nodes is down; the message was dropped.
+    #[error("backplane unavailable")]
+    Unavailable,
 }
 
 /// The outcome of a send to several users ([`send_many`](crate::WsClient::send_many),
 /// [`broadcast`](crate::WsClient::broadcast)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SendReport {
     /// Connections the message was queued for.
     pub queued: usize,
@@ -37,5 +42,21 @@ impl SendReport {
     /// `true` when nothing failed.
     pub fn is_complete(&self) -> bool {
         self.failed.is_empty()
+    }
+
+    /// Counts one outcome for `user`.
+    pub(crate) fn record(&mut self, user: &str, outcome: Result<(), SendError>) {
+        match outcome {
+            Ok(()) => self.queued += 1,
+            Err(e) => self.failed.push((user.to_owned(), e)),
+        }
+    }
+
+    /// The outcome for a single recipient (a report of one).
+    pub(crate) fn single(mut self) -> Result<(), SendError> {
+        match self.failed.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 }

@@ -2,67 +2,101 @@
 //!
 //! A production WebSocket endpoint for [warp] services: authenticated at the
 //! handshake, one connection per user, protobuf-framed (`proto/ws.proto`,
-//! package `edk.ws.v1`).
+//! package `edk.ws.v1`), with rooms and presence.
 //!
 //! ```no_run
 //! use edk_ws::{JwtAuthenticator, Options, WsClient};
 //! use warp::Filter;
 //!
-//! # async fn run() -> std::io::Result<()> {
-//! let ws = WsClient::new(Options::from_env().expect("EDK_WS_* options"),
-//!                        JwtAuthenticator::new(b"secret"));
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let ws = WsClient::new(Options::from_env()?, JwtAuthenticator::new(b"secret"));
 //! let echo = ws.clone();
 //! ws.subscribe_message_handler(move |conn, msg| {
 //!     let echo = echo.clone();
 //!     async move { let _ = echo.send(conn.user_id(), msg); }
 //! });
 //! let routes = warp::path("ws").and(warp::path::end()).and(ws.handler());
-//! warp::serve(routes).incoming(edk_ws::bind("127.0.0.1:8080".parse().unwrap())?).run().await;
+//! warp::serve(routes).incoming(edk_ws::bind("127.0.0.1:8080".parse()?)?).run().await;
 //! # Ok(()) }
 //! ```
 //!
-//! The way in: frame → [`codec`] → handlers ([`WsClient::subscribe_message_handler`]).
-//! The way out: [`WsClient::send`] → registry → per-connection queue → the
-//! connection's single writer task.
+//! ## Tracing a frame in (5 files)
 //!
-//! Refusals before the upgrade are HTTP statuses (see [`handshake`]); every
-//! later end of a connection is a close code (see [`close::code`]) and a
+//! 1. `io/transport.rs` — the TCP socket taken back from hyper's upgrade
+//!    (`TCP_NODELAY` on); tungstenite reads frames from it.
+//! 2. `session/task.rs` — `read_loop` gets each binary frame; `on_frame`
+//!    counts it and
+//! 3. `protocol/codec.rs` — `decode_inbound` decodes the `Message` (the
+//!    payload shares the frame's buffer) and stamps `sender` and
+//!    `timestamp_ms`; back in `on_frame`, a message with `control` or
+//!    `room` set goes to
+//! 4. `session/control.rs` — `handle`: rate limit, policy hooks, the hub,
+//!    and exactly one reply per request id; any other message goes to
+//! 5. `session/handlers.rs` — `on_message`: the application's handlers, in
+//!    subscription order, each isolated from panics.
+//!
+//! ## Tracing a message out (5 files)
+//!
+//! 1. `client.rs` — [`WsClient::send`] encodes the message once
+//!    (`protocol/codec.rs`) and calls
+//! 2. `hub/mod.rs` — `Hub::send` → `Hub::deliver`, **the one fan-out
+//!    function** (by user, users, room, or everyone): it looks the
+//!    recipients up and pushes the shared bytes to each (a recipient on
+//!    another node is handed to the backplane's `Forward` instead);
+//! 3. `conn.rs` — `Connection::push` → `SendQueue::push`: bounded by count
+//!    and bytes (overflow closes the connection with 4003), wakes the writer;
+//! 4. `session/task.rs` — `write_loop`, the connection's single writer,
+//!    takes the whole queue at once and appends every frame to
+//! 5. `io/outbuf.rs` — the connection's output buffer, written to the
+//!    socket in one syscall per batch and then freed.
+//!
+//! The layers, each importing only those below it, are drawn in
+//! `ARCHITECTURE.md`: `protocol`/`io` → `conn` → `hub` → `backplane` →
+//! `session` → `client`.
+//!
+//! Refusals before the upgrade are HTTP statuses; every later end of a
+//! connection is a close code (see [`close::code`]) and a
 //! [`DisconnectReason`].
 #![warn(missing_docs)]
 
 mod auth;
+mod backplane;
 mod client;
-pub mod close;
-pub mod codec;
-mod connection;
-mod control;
+mod conn;
 mod error;
-mod handlers;
-pub mod handshake;
+mod hub;
 mod io;
-mod listener;
 mod metrics;
 mod options;
-mod policy;
-mod presence;
-pub mod proto;
-mod queue;
-mod registry;
-mod rooms;
-mod transport;
+mod protocol;
+mod session;
+mod subscribers;
 
 pub use async_trait::async_trait;
 pub use auth::{AuthError, AuthRequest, Authenticator, Claims, Identity, JwtAuthenticator};
 pub use client::{ShutdownReport, WsClient};
-pub use close::DisconnectReason;
-pub use connection::Conn;
+pub use conn::Conn;
 pub use error::{SendError, SendReport};
-pub use handlers::Subscription;
-pub use listener::bind;
+pub use hub::policy::{AllowAll, JoinDecision, RoomPolicy, RoomSettings, StateChange};
+pub use hub::presence::ActivityError;
+pub use hub::rooms::RoomError;
+pub use io::bind;
 pub use metrics::{DisconnectCounts, MetricsSnapshot, RefusedCounts};
 pub use options::{Options, OptionsError};
-pub use policy::{AllowAll, JoinDecision, RoomPolicy, RoomSettings, StateChange};
-pub use presence::ActivityError;
-pub use proto::Message;
-pub use proto::{Activity, Member, Members, Status};
-pub use rooms::RoomError;
+pub use protocol::close::{self, DisconnectReason};
+pub use protocol::proto::{self, Activity, Member, Members, Message, Status};
+pub use protocol::PROTOCOL;
+pub use subscribers::Subscription;
+
+/// Support for the criterion benches (`benches/`), behind the `bench`
+/// feature: not part of the public API.
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::protocol::codec::{decode_inbound, encode_outbound};
+}
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -3,24 +3,28 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::close::DisconnectReason;
+use enum_map::{Enum, EnumMap};
+
+use crate::protocol::close::DisconnectReason;
 
 /// Why a handshake was refused (for [`MetricsSnapshot::refused`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 pub(crate) enum Refusal {
-    BadRequest = 0,
-    Unauthorized = 1,
-    Forbidden = 2,
-    Conflict = 3,
-    ShuttingDown = 4,
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    Conflict,
+    ShuttingDown,
 }
 
+/// The counters. Per-reason counters are [`EnumMap`]s: one counter per
+/// variant, kept in step with the enum by the compiler.
 #[derive(Default)]
 pub(crate) struct Metrics {
     pub connections_now: AtomicU64,
     pub accepted: AtomicU64,
-    refused: [AtomicU64; 5],
-    disconnects: [AtomicU64; 8],
+    refused: EnumMap<Refusal, AtomicU64>,
+    disconnects: EnumMap<DisconnectReason, AtomicU64>,
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -32,36 +36,26 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub fn refuse(&self, why: Refusal) {
-        self.refused[why as usize].fetch_add(1, Relaxed);
+        self.refused[why].fetch_add(1, Relaxed);
     }
 
     pub fn disconnected(&self, why: DisconnectReason) {
-        self.disconnects[reason_index(why)].fetch_add(1, Relaxed);
+        self.disconnects[why].fetch_add(1, Relaxed);
     }
 
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let r = |i: usize| self.refused[i].load(Relaxed);
-        let d = |w| self.disconnects[reason_index(w)].load(Relaxed);
+        let r = |w| self.refused[w].load(Relaxed);
         MetricsSnapshot {
             connections: self.connections_now.load(Relaxed),
             accepted: self.accepted.load(Relaxed),
             refused: RefusedCounts {
-                bad_request: r(0),
-                unauthorized: r(1),
-                forbidden: r(2),
-                conflict: r(3),
-                shutting_down: r(4),
+                bad_request: r(Refusal::BadRequest),
+                unauthorized: r(Refusal::Unauthorized),
+                forbidden: r(Refusal::Forbidden),
+                conflict: r(Refusal::Conflict),
+                shutting_down: r(Refusal::ShuttingDown),
             },
-            disconnects: DisconnectCounts {
-                client_closed: d(DisconnectReason::ClientClosed),
-                replaced: d(DisconnectReason::Replaced),
-                kicked: d(DisconnectReason::Kicked),
-                idle_timeout: d(DisconnectReason::IdleTimeout),
-                slow_consumer: d(DisconnectReason::SlowConsumer),
-                protocol_error: d(DisconnectReason::ProtocolError),
-                server_shutdown: d(DisconnectReason::ServerShutdown),
-                server_error: d(DisconnectReason::ServerError),
-            },
+            disconnects: DisconnectCounts::from_map(&self.disconnects),
             messages_in: self.messages_in.load(Relaxed),
             messages_out: self.messages_out.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
@@ -70,19 +64,6 @@ impl Metrics {
             handler_panics: self.handler_panics.load(Relaxed),
             tcp_nodelay_unavailable: self.tcp_nodelay_unavailable.load(Relaxed),
         }
-    }
-}
-
-fn reason_index(r: DisconnectReason) -> usize {
-    match r {
-        DisconnectReason::ClientClosed => 0,
-        DisconnectReason::Replaced => 1,
-        DisconnectReason::Kicked => 2,
-        DisconnectReason::IdleTimeout => 3,
-        DisconnectReason::SlowConsumer => 4,
-        DisconnectReason::ProtocolError => 5,
-        DisconnectReason::ServerShutdown => 6,
-        DisconnectReason::ServerError => 7,
     }
 }
 
@@ -146,4 +127,35 @@ pub struct DisconnectCounts {
     pub protocol_error: u64,
     pub server_shutdown: u64,
     pub server_error: u64,
+}
+
+impl DisconnectCounts {
+    fn from_map(counters: &EnumMap<DisconnectReason, AtomicU64>) -> Self {
+        let mut c = DisconnectCounts::default();
+        for (reason, n) in counters {
+            *c.slot(reason) = n.load(Relaxed);
+        }
+        c
+    }
+
+    /// The count of one reason.
+    pub fn get(&self, reason: DisconnectReason) -> u64 {
+        let mut c = self.clone();
+        *c.slot(reason)
+    }
+
+    /// The field of `reason` (an exhaustive match: a new reason does not
+    /// compile until it has its field).
+    fn slot(&mut self, reason: DisconnectReason) -> &mut u64 {
+        match reason {
+            DisconnectReason::ClientClosed => &mut self.client_closed,
+            DisconnectReason::Replaced => &mut self.replaced,
+            DisconnectReason::Kicked => &mut self.kicked,
+            DisconnectReason::IdleTimeout => &mut self.idle_timeout,
+            DisconnectReason::SlowConsumer => &mut self.slow_consumer,
+            DisconnectReason::ProtocolError => &mut self.protocol_error,
+            DisconnectReason::ServerShutdown => &mut self.server_shutdown,
+            DisconnectReason::ServerError => &mut self.server_error,
+        }
+    }
 }

@@ -89,10 +89,7 @@ async fn a_panicking_hook_gets_an_internal_error_reply_and_the_connection_lives(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_bigger_than_the_queue_is_refused_without_closing() {
-    let options = Options {
-        send_queue_max_bytes: 1024,
-        ..Default::default()
-    };
+    let options = Options::default().with_send_queue_max_bytes(1024);
     let srv = TestServer::start(options).await;
     let mut ws = srv.connect("alice").await;
     let big = msg("big", "t", &[0u8; 2048]);
@@ -119,10 +116,7 @@ async fn kicking_a_closing_connection_says_so_and_keeps_the_first_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_during_shutdown_reports_every_recipient() {
-    let options = Options {
-        close_timeout: std::time::Duration::from_secs(30),
-        ..Default::default()
-    };
+    let options = Options::default().with_close_timeout(std::time::Duration::from_secs(30));
     let srv = TestServer::start(options).await;
     let _a = srv.connect("a").await;
     let _b = srv.connect("b").await;

@@ -310,10 +310,7 @@ fn now_ms() -> i64 {
 /// checks: the offender gets a close frame with `code`, its disconnect reason
 /// is `ProtocolError`, and the bystander is still served.
 async fn assert_protocol_error(frame: WsMessage, code: u16) {
-    let opts = Options {
-        max_message_size: 1024,
-        ..Default::default()
-    };
+    let opts = Options::default().with_max_message_size(1024);
     let mut srv = TestServer::start_with(opts, subscribe_echo).await;
     let mut bystander = srv.connect("bystander").await;
     let mut bad = srv.connect("bad").await;

@@ -200,9 +200,9 @@ async fn offered_protocol_is_echoed_instead_of_the_token() {
         resp.headers()
             .get("sec-websocket-protocol")
             .map(|v| v.to_str().unwrap()),
-        Some(edk_ws::handshake::PROTOCOL)
+        Some(edk_ws::PROTOCOL)
     );
-    assert_eq!(edk_ws::handshake::PROTOCOL, "edk.ws.v1");
+    assert_eq!(edk_ws::PROTOCOL, "edk.ws.v1");
     assert!(srv.client.is_connected("alice"));
 }
 
@@ -239,10 +239,7 @@ async fn jwt_refusals() {
         .unwrap();
     let expired = srv
         .jwt
-        .issue_claims(&Claims {
-            sub: "alice".into(),
-            exp: unix_now() - 100,
-        })
+        .issue_claims(&Claims::new("alice", unix_now() - 100))
         .unwrap();
     let unauthorized = [
         ("bad signature", other_secret),
@@ -295,10 +292,7 @@ impl Authenticator for TenantAuth {
                 if let Some(t) = req.headers.get("x-tenant") {
                     headers.insert("x-tenant", t.clone());
                 }
-                Ok(Identity {
-                    user_id: req.user_id.to_owned(),
-                    headers,
-                })
+                Ok(Identity::new(req.user_id).with_headers(headers))
             }
             "banned" => Err(AuthError::Forbidden("banned".into())),
             _ => Err(AuthError::Unauthorized("unknown token".into())),
@@ -394,10 +388,7 @@ async fn custom_authenticator_and_its_kept_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_allow_list() {
     // `Options` is #[non_exhaustive]: set the field on a default value.
-    let options = Options {
-        allowed_origins: vec!["https://good.example".into()],
-        ..Default::default()
-    };
+    let options = Options::default().with_allowed_origins(vec!["https://good.example".into()]);
     let srv = TestServer::start(options).await;
 
     let with_origin = |origin: Option<&'static str>| {
@@ -494,10 +485,7 @@ async fn non_upgrade_requests_and_other_routes() {
 async fn upgrades_during_and_after_shutdown_get_503() {
     // A long close timeout: alice's connection stays open (and the shutdown
     // in progress) until the test answers the close frame.
-    let options = Options {
-        close_timeout: Duration::from_secs(60),
-        ..Default::default()
-    };
+    let options = Options::default().with_close_timeout(Duration::from_secs(60));
     let srv = TestServer::start(options).await;
     let mut alice = srv.connect("alice").await;
 
@@ -544,10 +532,7 @@ async fn upgrades_during_and_after_shutdown_get_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusal_counters_count_each_refusal_once() {
-    let options = Options {
-        kick_out_new_user_conn: true,
-        ..Default::default()
-    };
+    let options = Options::default().with_kick_out_new_user_conn(true);
     let srv = TestServer::start(options).await;
     let url = srv.url();
 

@@ -130,12 +130,10 @@ async fn send_many_and_broadcast_report_and_deliver() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_with_4003_without_delaying_others() {
-    let opts = Options {
-        send_queue_capacity: 8,
-        send_queue_max_bytes: 1 << 20,
-        close_timeout: Duration::from_secs(30),
-        ..Default::default()
-    };
+    let opts = Options::default()
+        .with_send_queue_capacity(8)
+        .with_send_queue_max_bytes(1 << 20)
+        .with_close_timeout(Duration::from_secs(30));
     let mut srv = TestServer::start(opts).await;
     let mut slow = srv.connect("slow").await;
     let mut other = srv.connect("other").await;
@@ -235,12 +233,10 @@ async fn kick_closes_with_4002_and_the_reason() {
 // -------------------------------------------------------------- heartbeat
 
 fn heartbeat_options() -> Options {
-    Options {
-        ping_interval: Duration::from_millis(100),
-        idle_timeout: Duration::from_millis(1500),
-        close_timeout: Duration::from_secs(3),
-        ..Default::default()
-    }
+    Options::default()
+        .with_ping_interval(Duration::from_millis(100))
+        .with_idle_timeout(Duration::from_millis(1500))
+        .with_close_timeout(Duration::from_secs(3))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,7 +178,7 @@ async fn disconnect_turns_the_user_offline() {
 async fn the_server_reads_sets_and_subscribes() {
     let (handler, mut rx) = recorder();
     let srv = TestServer::start_with(Options::default(), |c| {
-        c.subscribe_activity_handler(handler)
+        c.subscribe_activity_handler(handler);
     })
     .await;
     let mut a = Peer::connect(&srv, "a").await;
@@ -316,7 +316,10 @@ async fn disabled_activities_are_refused_and_nothing_propagates() {
     .unwrap();
     assert!(opts.online_activities_disabled);
     let (handler, mut rx) = recorder();
-    let srv = TestServer::start_with(opts, |c| c.subscribe_activity_handler(handler)).await;
+    let srv = TestServer::start_with(opts, |c| {
+        c.subscribe_activity_handler(handler);
+    })
+    .await;
     let mut a = Peer::connect(&srv, "a").await;
     let mut b = Peer::connect(&srv, "b").await;
 

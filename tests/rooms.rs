@@ -1247,3 +1247,77 @@ async fn member_event_batches_are_capped_with_an_omitted_count() {
     );
     assert_eq!(srv.client.members("huge").unwrap().members.len(), n + 1);
 }
+
+/// `ListMembers` of a room of 5,000 members with 2 KB states each (10 MB in
+/// all, over the 4 MiB send queue) is answered in pages that each fit the
+/// queue, with exactly one reply per request id, until `next_cursor` is
+/// empty: every member exactly once. (Before pagination the one reply was
+/// replaced by an `Error`.) `ListActivities` pages the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_replies_are_paged_and_fit_the_queue() {
+    use futures::{stream, StreamExt};
+    const N: usize = 5_000;
+    let opts = options(|o| o.room_member_events = false);
+    let srv = TestServer::start(opts).await;
+    let users: Vec<String> = (0..N).map(|i| format!("m{i:04}")).collect();
+    // Members join server-side (no policy) once connected; their sockets
+    // are kept open but not read (nothing is sent to them).
+    let socks: Vec<Ws> = stream::iter(users.iter().skip(1))
+        .map(|u| srv.connect(u))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let two_kb = "x".repeat(2048);
+    for u in users.iter().skip(1) {
+        srv.client
+            .join(u, "big", state(&[("bio", &two_kb)]))
+            .unwrap();
+        srv.client
+            .set_activity(u, Status::Online, &"d".repeat(200))
+            .unwrap();
+    }
+    let mut lister = Peer::connect(&srv, &users[0]).await;
+    lister.join("big", &[("bio", &two_kb)]).await;
+
+    let mut cursor = String::new();
+    let mut seen = Vec::new();
+    for page in 0.. {
+        assert!(page < N, "pages do not end");
+        let mut req = list_req(&format!("p{page}"), "big");
+        if let Some(Control::ListMembers(l)) = req.control.as_mut() {
+            l.cursor = cursor.clone();
+        }
+        let reply = lister.request(req).await;
+        let ms = members_reply(&reply);
+        assert!(!ms.members.is_empty());
+        assert!(prost::Message::encoded_len(&reply) <= (256 << 10) + 4096);
+        seen.extend(ms.members.iter().map(|m| m.user_id.clone()));
+        if ms.next_cursor.is_empty() {
+            break;
+        }
+        cursor = ms.next_cursor.clone();
+    }
+    assert_eq!(seen, users, "every member once, in user id order");
+
+    let mut cursor = String::new();
+    let mut listed = 0;
+    loop {
+        let mut req = list_activities_req("a");
+        if let Some(Control::ListActivities(l)) = req.control.as_mut() {
+            l.cursor = cursor.clone();
+            l.limit = 1_000; // capped at max_list_page_size (100)
+        }
+        let reply = lister.request(req).await;
+        let Some(Control::Activities(a)) = &reply.control else {
+            panic!("expected Activities, got {reply:?}");
+        };
+        assert!(a.activities.len() <= 100);
+        listed += a.activities.len();
+        if a.next_cursor.is_empty() {
+            break;
+        }
+        cursor = a.next_cursor.clone();
+    }
+    assert_eq!(listed, N - 1);
+    drop(socks);
+}

@@ -59,10 +59,7 @@ async fn echo_round_trip(ws: &mut Ws, id: &str) {
 }
 
 fn options(kick_out_new_user_conn: bool) -> Options {
-    Options {
-        kick_out_new_user_conn,
-        ..Default::default()
-    }
+    Options::default().with_kick_out_new_user_conn(kick_out_new_user_conn)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

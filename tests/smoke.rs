@@ -84,37 +84,6 @@ async fn room_join_publish_ack() {
         .await;
 }
 
-/// Server-side room calls from a thread with no tokio runtime, in a room big
-/// enough for batched member events, must not deadlock (they once flushed the
-/// batch synchronously while holding the room's lock).
-#[test]
-fn server_side_joins_without_a_runtime_do_not_deadlock() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let client = edk_ws::WsClient::new(
-            Options {
-                room_member_events_batch_above: 2,
-                ..Default::default()
-            },
-            edk_ws::JwtAuthenticator::new(b"k"),
-        );
-        let conns: Vec<_> = (0..10)
-            .map(|i| client.__bench_attach(&format!("u{i}")))
-            .collect();
-        for i in 0..10 {
-            client
-                .join(&format!("u{i}"), "big", Default::default())
-                .unwrap();
-        }
-        let _ = tx.send(client.members("big").map(|m| m.members.len()));
-        drop(conns);
-    });
-    let members = rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("server-side joins deadlocked");
-    assert_eq!(members, Some(10));
-}
-
 /// A client that closes first gets the server's close reply (a clean close
 /// handshake, `wasClean` in browsers), not a reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

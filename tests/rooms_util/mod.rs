@@ -55,7 +55,13 @@ pub fn leave_req(id: &str, room: &str) -> Message {
 }
 
 pub fn list_req(id: &str, room: &str) -> Message {
-    ctl(id, Control::ListMembers(ListMembers { room: room.into() }))
+    ctl(
+        id,
+        Control::ListMembers(ListMembers {
+            room: room.into(),
+            ..Default::default()
+        }),
+    )
 }
 
 pub fn update_req(id: &str, u: UpdateState) -> Message {
@@ -79,7 +85,7 @@ pub fn set_activity_req(id: &str, status: Status, detail: &str) -> Message {
 }
 
 pub fn list_activities_req(id: &str) -> Message {
-    ctl(id, Control::ListActivities(ListActivities {}))
+    ctl(id, Control::ListActivities(ListActivities::default()))
 }
 
 /// A marker message (type [`MARKER`], payload `tag`), sent by the server.

@@ -14,15 +14,17 @@ use futures::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tracing::debug;
 
-use crate::client::Inner;
-use crate::codec;
-use crate::connection::Conn;
+use super::Endpoint;
+use crate::conn::Conn;
 use crate::error::SendError;
-use crate::policy::{JoinDecision, StateChange};
-use crate::proto::error::Code;
-use crate::proto::message::Control;
-use crate::proto::{Ack, Activities, Error, Message, Status};
-use crate::rooms::{check_state, valid_room_name, RoomError};
+use crate::hub::policy::{JoinDecision, StateChange};
+use crate::hub::presence::ActivityError;
+use crate::hub::rooms::{valid_room_name, RoomError};
+use crate::options::Options;
+use crate::protocol::codec;
+use crate::protocol::proto::error::Code;
+use crate::protocol::proto::message::Control;
+use crate::protocol::proto::{Ack, Error, Message, Status};
 
 /// The longest activity `detail`, in bytes.
 const MAX_DETAIL_BYTES: usize = 256;
@@ -84,10 +86,39 @@ impl From<RoomError> for ReqError {
     }
 }
 
+impl From<ActivityError> for ReqError {
+    fn from(e: ActivityError) -> Self {
+        match e {
+            ActivityError::Disabled => activities_disabled(),
+            ActivityError::NotConnected => ReqError::new(Code::InvalidRequest, e.to_string()),
+        }
+    }
+}
+
+/// The most entries one list reply may carry: the request's `limit`
+/// (0 = no preference) capped by `max_list_page_size`.
+fn page_limit(o: &Options, requested: u32) -> usize {
+    match requested as usize {
+        0 => o.max_list_page_size,
+        n => n.min(o.max_list_page_size),
+    }
+}
+
+/// The byte budget of one list reply: 256 KiB, or a quarter of the send
+/// queue when that is smaller, so a reply always fits the queue.
+fn page_bytes(o: &Options) -> usize {
+    (256 << 10).min(o.send_queue_max_bytes / 4).max(1)
+}
+
 /// Handles one request and sends its reply.
-pub(crate) async fn handle(inner: &Arc<Inner>, conn: &Conn, limiter: &mut Limiter, msg: Message) {
+pub(crate) async fn handle(
+    inner: &Arc<Endpoint>,
+    conn: &Conn,
+    limiter: &mut Limiter,
+    msg: Message,
+) {
     let id = msg.id.clone();
-    let result = if limiter.allow(inner.options.max_requests_per_second) {
+    let result = if limiter.allow(inner.hub().options.max_requests_per_second) {
         // A panicking policy hook must not cost the request its reply, nor
         // the connection its life.
         match AssertUnwindSafe(dispatch(inner, conn, msg))
@@ -101,6 +132,7 @@ pub(crate) async fn handle(inner: &Arc<Inner>, conn: &Conn, limiter: &mut Limite
                     "request handling panicked (a room policy hook?)"
                 );
                 inner
+                    .hub()
                     .metrics
                     .handler_panics
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -122,24 +154,15 @@ pub(crate) async fn handle(inner: &Arc<Inner>, conn: &Conn, limiter: &mut Limite
             })
         }
     };
-    let mut reply = Message {
-        id,
-        control: Some(control),
-        ..Default::default()
-    };
-    match conn.send_encoded(codec::encode_outbound(&mut reply)) {
+    match conn.send_encoded(codec::encode_control(id.clone(), control)) {
         Ok(()) => {}
         Err(SendError::TooLarge) => {
             // Still exactly one reply: say why the real one cannot come.
-            let mut err = Message {
-                id: reply.id,
-                control: Some(Control::Error(Error {
-                    code: Code::Internal as i32,
-                    message: "reply larger than the send queue (send_queue_max_bytes)".into(),
-                })),
-                ..Default::default()
-            };
-            if let Err(e) = conn.send_encoded(codec::encode_outbound(&mut err)) {
+            let err = Control::Error(Error {
+                code: Code::Internal as i32,
+                message: "reply larger than the send queue (send_queue_max_bytes)".into(),
+            });
+            if let Err(e) = conn.send_encoded(codec::encode_control(id, err)) {
                 debug!(error = %e, "reply not delivered");
             }
         }
@@ -149,28 +172,34 @@ pub(crate) async fn handle(inner: &Arc<Inner>, conn: &Conn, limiter: &mut Limite
 
 /// Runs a request; `Ok(None)` means a plain `Ack`.
 async fn dispatch(
-    inner: &Arc<Inner>,
+    inner: &Arc<Endpoint>,
     conn: &Conn,
     mut msg: Message,
 ) -> Result<Option<Control>, ReqError> {
     let c = &conn.0;
-    let rooms = &inner.rooms;
+    let (node, hub) = (&inner.node, inner.hub());
+    let o = &hub.options;
     match msg.control.take() {
         None => {
             let room = std::mem::take(&mut msg.room);
             valid_room_name(&room)?;
-            let read_only = rooms
-                .membership(&room, c.user_id())
+            let read_only = hub
+                .rooms
+                .membership(&room, c)
                 .map_err(not_found_is_not_member)?;
             if read_only {
                 return Err(RoomError::Forbidden("read-only member".into()).into());
             }
-            inner
-                .room_policy()
+            hub.policy
+                .get()
                 .on_publish(conn, &room, &msg)
                 .await
                 .map_err(|why| ReqError::new(Code::Forbidden, why))?;
-            let report = rooms.publish(&room, msg, Some(c), &[])?;
+            // Encoded once, before any lock; the room is checked again
+            // (membership) under its lock as the frame is queued.
+            msg.room.clone_from(&room);
+            let frame = codec::encode_outbound(&mut msg);
+            let report = hub.publish(&room, frame, Some(c), &[])?;
             if !report.failed.is_empty() {
                 debug!(
                     room,
@@ -183,29 +212,32 @@ async fn dispatch(
         Some(Control::Join(j)) => {
             valid_room_name(&j.room)?;
             let mut state = j.state;
-            check_state(inner, &state)?;
-            match inner.room_policy().on_join(conn, &j.room, &mut state).await {
+            hub.check_state(&state)?;
+            match hub.policy.get().on_join(conn, &j.room, &mut state).await {
                 JoinDecision::Deny(why) => Err(ReqError::new(Code::Forbidden, why)),
                 JoinDecision::Allow { read_only } => {
-                    rooms.join(inner, c, &j.room, state, read_only)?;
+                    node.join(c, &j.room, state, read_only)?;
                     Ok(None)
                 }
             }
         }
         Some(Control::Leave(l)) => {
             valid_room_name(&l.room)?;
-            rooms.leave(inner, c, &l.room)?;
+            node.leave(c, &l.room)?;
             Ok(None)
         }
         Some(Control::ListMembers(l)) => {
             valid_room_name(&l.room)?;
-            rooms.membership(&l.room, c.user_id())?;
-            let members = rooms.members(&l.room).ok_or(RoomError::NotFound)?;
-            Ok(Some(Control::Members(members)))
+            hub.rooms.membership(&l.room, c)?;
+            let page = hub
+                .rooms
+                .members_page(&l.room, &l.cursor, page_limit(o, l.limit), page_bytes(o))
+                .ok_or(RoomError::NotFound)?;
+            Ok(Some(Control::Members(page)))
         }
         Some(Control::UpdateState(u)) => {
             valid_room_name(&u.room)?;
-            if rooms.membership(&u.room, c.user_id())? {
+            if hub.rooms.membership(&u.room, c)? {
                 return Err(RoomError::Forbidden("read-only member".into()).into());
             }
             let mut change = StateChange {
@@ -217,16 +249,16 @@ async fn dispatch(
             if change.is_empty() {
                 return Err(ReqError::new(Code::InvalidRequest, "no change"));
             }
-            inner
-                .room_policy()
+            hub.policy
+                .get()
                 .on_state_change(conn, &u.room, &mut change)
                 .await
                 .map_err(|why| ReqError::new(Code::Forbidden, why))?;
-            rooms.update_state(inner, &u.room, Some(c), change)?;
+            node.update_state(&u.room, Some(c), change)?;
             Ok(None)
         }
         Some(Control::SetActivity(s)) => {
-            if inner.options.online_activities_disabled {
+            if o.online_activities_disabled {
                 return Err(activities_disabled());
             }
             let status = Status::try_from(s.status)
@@ -234,16 +266,17 @@ async fn dispatch(
             if s.detail.len() > MAX_DETAIL_BYTES {
                 return Err(ReqError::new(Code::InvalidRequest, "detail over 256 bytes"));
             }
-            inner.presence.set(inner, c, status, s.detail);
+            node.set_activity(c, status, s.detail)?;
             Ok(None)
         }
-        Some(Control::ListActivities(_)) => {
-            if inner.options.online_activities_disabled {
+        Some(Control::ListActivities(l)) => {
+            if o.online_activities_disabled {
                 return Err(activities_disabled());
             }
-            Ok(Some(Control::Activities(Activities {
-                activities: inner.presence.list(),
-            })))
+            let page = hub
+                .presence
+                .page(&l.cursor, page_limit(o, l.limit), page_bytes(o));
+            Ok(Some(Control::Activities(page)))
         }
         Some(_) => Err(ReqError::new(
             Code::InvalidRequest,

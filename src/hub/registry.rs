@@ -1,5 +1,6 @@
-//! Users → their one connection. Admission is atomic per user, so any number
-//! of simultaneous handshakes for one user leaves exactly one registered.
+//! Users → their one connection here. Admission is atomic per user, so any
+//! number of simultaneous handshakes for one user leaves exactly one
+//! registered: the one with the highest ownership epoch.
 
 use std::collections::hash_map::{Entry, HashMap, RandomState};
 use std::hash::BuildHasher;
@@ -8,9 +9,9 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::connection::Connection;
+use crate::conn::Connection;
 
-const SHARDS: usize = 16;
+pub(crate) const SHARDS: usize = 16;
 
 type Shard = RwLock<HashMap<Arc<str>, Arc<Connection>>>;
 
@@ -25,6 +26,9 @@ pub(crate) enum Admission {
     Admitted { replaced: Option<Arc<Connection>> },
     /// The user is connected and new connections are refused.
     Conflict,
+    /// A newer connection of the user (a higher epoch) is registered: this
+    /// one lost the race and must close as replaced.
+    Stale,
     /// The registry is closed (shutdown).
     Closed,
 }
@@ -52,6 +56,7 @@ impl Registry {
         }
         match shard.entry(conn.user_key()) {
             Entry::Occupied(_) if refuse_new => Admission::Conflict,
+            Entry::Occupied(e) if e.get().epoch() > conn.epoch() => Admission::Stale,
             Entry::Occupied(mut e) => Admission::Admitted {
                 replaced: Some(e.insert(conn)),
             },
@@ -90,6 +95,12 @@ impl Registry {
         }
     }
 
+    /// Appends the handles of shard `i`'s connections to `out`, so that the
+    /// caller can work on them with no lock held.
+    pub fn handles(&self, i: usize, out: &mut Vec<Arc<Connection>>) {
+        out.extend(self.shards[i].read().values().cloned());
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()
     }
@@ -104,5 +115,60 @@ impl Registry {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::testing::{connect, hub};
+    use crate::options::Options;
+    use http::HeaderMap;
+
+    fn conn_with_epoch(user: &str, id: u64, epoch: u64) -> Arc<Connection> {
+        hub(Options::default()).new_connection(id, epoch, Arc::from(user), HeaderMap::new(), None)
+    }
+
+    #[test]
+    fn replace_refuse_stale_and_close() {
+        let r = Registry::new();
+        let old = conn_with_epoch("u", 1, 1);
+        let new = conn_with_epoch("u", 2, 2);
+        let late = conn_with_epoch("u", 3, 1);
+        assert!(matches!(
+            r.admit(old.clone(), false),
+            Admission::Admitted { replaced: None }
+        ));
+        assert!(matches!(r.admit(new.clone(), true), Admission::Conflict));
+        match r.admit(new.clone(), false) {
+            Admission::Admitted { replaced: Some(c) } => assert_eq!(c.id(), 1),
+            _ => panic!("expected a replacement"),
+        }
+        // An older epoch that finishes its handshake late loses.
+        assert!(matches!(r.admit(late, false), Admission::Stale));
+        assert_eq!(r.get("u").map(|c| c.id()), Some(2));
+        // The replaced connection cannot unregister its successor.
+        assert!(!r.remove_if("u", 1));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.close().len(), 1);
+        assert!(matches!(
+            r.admit(conn_with_epoch("v", 4, 4), false),
+            Admission::Closed
+        ));
+        assert!(r.remove_if("u", 2));
+        assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn handles_cover_every_shard() {
+        let h = hub(Options::default());
+        for i in 0..100 {
+            connect(&h, &format!("user-{i}"));
+        }
+        let mut all = Vec::new();
+        for i in 0..SHARDS {
+            h.registry.handles(i, &mut all);
+        }
+        assert_eq!(all.len(), 100);
     }
 }

@@ -29,7 +29,7 @@ pub mod code {
 
 /// Why a connection ended, as given to disconnect handlers (exactly once per
 /// accepted connection).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, enum_map::Enum)]
 #[non_exhaustive]
 pub enum DisconnectReason {
     /// The client closed the connection (close frame, or the socket ended).
@@ -85,7 +85,7 @@ pub(crate) struct CloseRequest {
 }
 
 impl CloseRequest {
-    pub fn new(code: u16, text: &str, reason: DisconnectReason) -> Self {
+    pub(crate) fn new(code: u16, text: &str, reason: DisconnectReason) -> Self {
         CloseRequest {
             code,
             text: truncate_reason(text),

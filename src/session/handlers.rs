@@ -3,94 +3,46 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use parking_lot::RwLock;
 
-use crate::close::DisconnectReason;
-use crate::connection::Conn;
-use crate::proto::Message;
+use crate::conn::Conn;
+use crate::protocol::close::DisconnectReason;
+use crate::protocol::proto::Message;
+use crate::subscribers::{Subscribers, Subscription};
 
 type MessageFn = dyn Fn(Conn, Message) -> BoxFuture<'static, ()> + Send + Sync;
 type DisconnectFn = dyn Fn(Conn, DisconnectReason) -> BoxFuture<'static, ()> + Send + Sync;
 
-/// Subscribed handlers by subscription id, in order; readers take a snapshot.
-type Entries<F> = Arc<[(u64, Arc<F>)]>;
-
-struct List<F: ?Sized> {
-    entries: RwLock<Entries<F>>,
-}
-
-impl<F: ?Sized> List<F> {
-    fn new() -> Self {
-        List {
-            entries: RwLock::new(Arc::from(Vec::new())),
-        }
-    }
-    fn add(&self, id: u64, f: Arc<F>) {
-        let mut e = self.entries.write();
-        let mut v: Vec<_> = e.iter().cloned().collect();
-        v.push((id, f));
-        *e = Arc::from(v);
-    }
-    fn remove(&self, id: u64) -> bool {
-        let mut e = self.entries.write();
-        let before = e.len();
-        let v: Vec<_> = e.iter().filter(|(i, _)| *i != id).cloned().collect();
-        let removed = v.len() != before;
-        *e = Arc::from(v);
-        removed
-    }
-    fn snapshot(&self) -> Entries<F> {
-        self.entries.read().clone()
-    }
-}
-
 pub(crate) struct Handlers {
-    next_id: AtomicU64,
-    message: List<MessageFn>,
-    disconnect: List<DisconnectFn>,
+    message: Arc<Subscribers<MessageFn>>,
+    disconnect: Arc<Subscribers<DisconnectFn>>,
 }
 
 impl Handlers {
     pub fn new() -> Self {
         Handlers {
-            next_id: AtomicU64::new(1),
-            message: List::new(),
-            disconnect: List::new(),
+            message: Subscribers::new(),
+            disconnect: Subscribers::new(),
         }
     }
 
-    pub fn add_message<F, Fut>(self: &Arc<Self>, f: F) -> Subscription
+    pub fn add_message<F, Fut>(&self, f: F) -> Subscription
     where
         F: Fn(Conn, Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let id = self.next_id.fetch_add(1, Relaxed);
-        self.message.add(id, Arc::new(move |c, m| f(c, m).boxed()));
-        Subscription {
-            id,
-            kind: Kind::Message,
-            handlers: Arc::downgrade(self),
-        }
+        self.message.add(Arc::new(move |c, m| f(c, m).boxed()))
     }
 
-    pub fn add_disconnect<F, Fut>(self: &Arc<Self>, f: F) -> Subscription
+    pub fn add_disconnect<F, Fut>(&self, f: F) -> Subscription
     where
         F: Fn(Conn, DisconnectReason) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let id = self.next_id.fetch_add(1, Relaxed);
-        self.disconnect
-            .add(id, Arc::new(move |c, r| f(c, r).boxed()));
-        Subscription {
-            id,
-            kind: Kind::Disconnect,
-            handlers: Arc::downgrade(self),
-        }
+        self.disconnect.add(Arc::new(move |c, r| f(c, r).boxed()))
     }
 
     /// Runs every message handler in order; returns how many panicked.
@@ -148,33 +100,4 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| p.downcast_ref::<String>().map(|s| s.as_str()))
         .unwrap_or("non-string panic payload")
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Message,
-    Disconnect,
-}
-
-/// A subscribed handler. Dropping it keeps the handler subscribed; call
-/// [`Subscription::unsubscribe`] to remove it.
-#[derive(Debug)]
-pub struct Subscription {
-    id: u64,
-    kind: Kind,
-    handlers: Weak<Handlers>,
-}
-
-impl Subscription {
-    /// Removes the handler: it is not called for messages or disconnects
-    /// that start after this returns. Returns `false` if it was already gone.
-    pub fn unsubscribe(self) -> bool {
-        let Some(h) = self.handlers.upgrade() else {
-            return false;
-        };
-        match self.kind {
-            Kind::Message => h.message.remove(self.id),
-            Kind::Disconnect => h.disconnect.remove(self.id),
-        }
-    }
 }

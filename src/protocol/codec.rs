@@ -6,10 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 
-use crate::proto::Message;
+use super::proto::message::Control;
+use super::proto::Message;
 
 /// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -34,8 +35,18 @@ pub fn encode_outbound(msg: &mut Message) -> Bytes {
     encode(msg)
 }
 
+/// Encodes a module message (a reply with the request's `id`, or an event
+/// with an empty one) carrying `control`, stamped with now.
+pub(crate) fn encode_control(id: String, control: Control) -> Bytes {
+    encode_outbound(&mut Message {
+        id,
+        control: Some(control),
+        ..Default::default()
+    })
+}
+
 /// Encodes a message as is.
-pub fn encode(msg: &Message) -> Bytes {
+pub(crate) fn encode(msg: &Message) -> Bytes {
     let mut buf = BytesMut::with_capacity(msg.encoded_len());
     // Encoding into a buffer with enough capacity cannot fail.
     let _ = msg.encode(&mut buf);

@@ -1,9 +1,11 @@
-//! One accepted connection: its shared handle ([`Conn`]), its reader (frames
-//! → decode → handlers, idle detection) and its single writer task (queue →
-//! socket, coalesced writes, pings, the close frame).
+//! A connection's task, from the upgraded socket to its end: the reader
+//! (frames → decode → `control` or the message handlers; idle detection),
+//! the single writer task (queue → socket, coalesced writes, pings, the
+//! close frame), and the finish (unregister, leave rooms, disconnect
+//! handlers, exactly once).
 //!
 //! Life of a connection:
-//! 1. the handshake registers it and answers 101 ([`crate::handshake`]);
+//! 1. the handshake admits it and answers 101 (`session::handshake`);
 //! 2. [`run`] waits for the upgraded socket, spawns the writer and reads;
 //! 3. any close request (kick, replace, idle, slow consumer, protocol error,
 //!    shutdown) goes through the send queue so the writer sends the close
@@ -13,208 +15,47 @@
 //!    handlers run, exactly once.
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
+use futures::FutureExt;
 use futures::{SinkExt, StreamExt};
-use http::HeaderMap;
 use hyper::upgrade::OnUpgrade;
-use parking_lot::Mutex;
-use std::panic::AssertUnwindSafe;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
-
-use futures::FutureExt;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::client::Inner;
-use crate::close::{code, CloseRequest, DisconnectReason};
-use crate::codec;
-use crate::control;
-use crate::error::SendError;
-use crate::io::{CoalescingIo, OutBuf};
+use super::control;
+use super::Endpoint;
+use crate::conn::{Conn, Connection};
+use crate::io::outbuf::{CoalescingIo, OutBuf};
+use crate::io::transport::{self, Transport};
 use crate::metrics::Metrics;
-use crate::proto::Message;
-use crate::queue::SendQueue;
-use crate::transport::{self, Transport};
+use crate::protocol::close::{code, CloseRequest, DisconnectReason};
+use crate::protocol::codec;
 
 type Socket = WebSocketStream<CoalescingIo<Transport>>;
-
-/// The shared state of one connection.
-pub(crate) struct Connection {
-    id: u64,
-    user: Arc<str>,
-    /// What the authenticator kept; boxed, as most keep nothing and an
-    /// empty `HeaderMap` is 96 bytes in every connection.
-    headers: Option<Box<HeaderMap>>,
-    peer: Option<SocketAddr>,
-    pub(crate) queue: SendQueue,
-    /// Wakes the reader: a close was requested, or it must stop now.
-    reader_wake: Notify,
-    force_stop: AtomicBool,
-    metrics: Arc<Metrics>,
-    /// Rooms joined; `None` once the connection ended (no more joins).
-    pub(crate) rooms: Mutex<Option<Vec<Arc<str>>>>,
-    /// Set when the connection starts ending: no activity may be set for
-    /// it after this (see `presence`).
-    pub(crate) ended: AtomicBool,
-}
-
-impl Connection {
-    pub fn new(
-        id: u64,
-        user: Arc<str>,
-        headers: HeaderMap,
-        peer: Option<SocketAddr>,
-        inner: &Inner,
-    ) -> Self {
-        Connection {
-            id,
-            user,
-            headers: (!headers.is_empty()).then(|| Box::new(headers)),
-            peer,
-            queue: SendQueue::new(
-                inner.options.send_queue_capacity,
-                inner.options.send_queue_max_bytes,
-            ),
-            reader_wake: Notify::new(),
-            force_stop: AtomicBool::new(false),
-            metrics: inner.metrics.clone(),
-            rooms: Mutex::new(Some(Vec::new())),
-            ended: AtomicBool::new(false),
-        }
-    }
-
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    pub fn user_id(&self) -> &str {
-        &self.user
-    }
-
-    pub fn user_key(&self) -> Arc<str> {
-        self.user.clone()
-    }
-
-    /// Queues an encoded frame; a full queue closes the connection (4003).
-    pub fn push(&self, frame: Bytes) -> Result<(), SendError> {
-        let r = self.queue.push(frame);
-        if let Err(e) = r {
-            self.metrics
-                .send_failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if e == SendError::QueueFull {
-                warn!(user = %self.user, conn = self.id, "slow consumer: send queue full, closing with 4003");
-                self.reader_wake.notify_one();
-            }
-        }
-        r
-    }
-
-    /// Asks the connection to close; the first request's reason wins.
-    pub fn request_close(&self, req: CloseRequest) -> bool {
-        let first = self.queue.request_close(req);
-        self.reader_wake.notify_one();
-        first
-    }
-
-    /// Drops the connection now, without waiting for the close handshake.
-    pub fn force_stop(&self) {
-        self.force_stop.store(true, Ordering::SeqCst);
-        self.reader_wake.notify_one();
-    }
-}
-
-/// A connection as seen by handlers: who it is, and a way to answer it.
-///
-/// Cheap to clone. Sending through a `Conn` reaches this very connection,
-/// even if the user has since connected again elsewhere.
-#[derive(Clone)]
-pub struct Conn(pub(crate) Arc<Connection>);
-
-impl Conn {
-    /// The user id the connection is registered under.
-    pub fn user_id(&self) -> &str {
-        &self.0.user
-    }
-
-    /// The connection's id, unique within its [`WsClient`](crate::WsClient).
-    pub fn id(&self) -> u64 {
-        self.0.id
-    }
-
-    /// The request headers the [`Authenticator`](crate::Authenticator) kept.
-    pub fn headers(&self) -> &HeaderMap {
-        static NONE: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
-        self.0.headers.as_deref().unwrap_or(&NONE)
-    }
-
-    /// The peer's address, when known.
-    pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.0.peer
-    }
-
-    /// Sends a message to this connection. `timestamp_ms` is stamped now;
-    /// `sender` is kept as given (`""` means the server).
-    pub fn send(&self, mut msg: Message) -> Result<(), SendError> {
-        self.0.push(codec::encode_outbound(&mut msg))
-    }
-
-    /// Queues an already encoded message (see [`crate::codec`]).
-    pub fn send_encoded(&self, frame: Bytes) -> Result<(), SendError> {
-        self.0.push(frame)
-    }
-
-    /// Closes this connection with 4002 and `reason` (disconnect reason
-    /// `Kicked`), after what is already queued for it.
-    pub fn kick(&self, reason: &str) {
-        self.0.request_close(CloseRequest::new(
-            code::KICKED,
-            reason,
-            DisconnectReason::Kicked,
-        ));
-    }
-}
-
-impl Conn {
-    /// Takes what is queued for a socket-less benchmark connection and
-    /// returns how many frames there were. Not part of the supported API.
-    #[doc(hidden)]
-    pub fn __bench_drain(&self) -> usize {
-        self.0.queue.take().msgs.len()
-    }
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn")
-            .field("user_id", &self.0.user)
-            .field("id", &self.0.id)
-            .field("peer", &self.0.peer)
-            .finish()
-    }
-}
 
 /// Serves an admitted connection from its upgrade to its end, then
 /// unregisters it and runs the disconnect handlers.
 pub(crate) fn run(
-    inner: Arc<Inner>,
+    inner: Arc<Endpoint>,
     conn: Arc<Connection>,
     on_upgrade: OnUpgrade,
+    live: TaskTrackerToken,
 ) -> impl Future<Output = ()> {
     // No parent: the connection outlives the HTTP request that opened it,
     // and a child span would keep the request's span open as long.
-    let span = tracing::info_span!(parent: None, "ws", user = %conn.user, conn = conn.id, peer = ?conn.peer);
+    let span = tracing::info_span!(parent: None, "ws", user = %conn.user_id(), conn = conn.id(), peer = ?conn.peer());
     async move {
         // Boxed: opening is brief, its future need not be part of every
         // connection task for the connection's whole life. (Matched as a
@@ -234,6 +75,7 @@ pub(crate) fn run(
                 .unwrap_or_else(|_| panicked(&conn))
         };
         Box::pin(finish(&inner, &conn, reason)).await;
+        drop(live); // shutdown may now stop waiting for this connection
     }
     .instrument(span)
 }
@@ -262,7 +104,7 @@ fn panicked(conn: &Connection) -> DisconnectReason {
 /// Waits for the upgrade, takes the socket back from hyper (see
 /// `crate::transport`) and starts the WebSocket protocol on it.
 async fn open(
-    inner: &Inner,
+    inner: &Endpoint,
     conn: &Connection,
     on_upgrade: OnUpgrade,
 ) -> Result<Opened, DisconnectReason> {
@@ -277,7 +119,7 @@ async fn open(
                 .unwrap_or(DisconnectReason::ClientClosed));
         }
     };
-    let o = &inner.options;
+    let o = &inner.hub().options;
     let config = WebSocketConfig::default()
         .read_buffer_size(o.read_buffer_size)
         // Frames go straight down to `CoalescingIo`, which batches them and
@@ -289,6 +131,7 @@ async fn open(
     let recovered = transport::recover(upgraded);
     if recovered.nagle_possible {
         inner
+            .hub()
             .metrics
             .tcp_nodelay_unavailable
             .fetch_add(1, Ordering::Relaxed);
@@ -312,19 +155,19 @@ async fn open(
 
 #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
 fn serve<'a>(
-    inner: &'a Arc<Inner>,
+    inner: &'a Arc<Endpoint>,
     conn: &'a Arc<Connection>,
     mut socket: Opened,
 ) -> impl Future<Output = DisconnectReason> + 'a {
     async move {
-        let o = &inner.options;
+        let o = &inner.hub().options;
         let mut writer = tokio::spawn(write_loop(
             socket.sink,
             socket.out,
             o.write_buffer_size,
             conn.clone(),
             o.ping_interval,
-            inner.metrics.clone(),
+            inner.hub().metrics.clone(),
         ));
 
         let exit = read_loop(&mut socket.stream, inner, conn).await;
@@ -366,11 +209,11 @@ enum Exit {
 
 async fn read_loop(
     stream: &mut SplitStream<Socket>,
-    inner: &Arc<Inner>,
+    inner: &Arc<Endpoint>,
     conn: &Arc<Connection>,
 ) -> Exit {
-    let idle = inner.options.idle_timeout;
-    let close_timeout = inner.options.close_timeout;
+    let idle = inner.hub().options.idle_timeout;
+    let close_timeout = inner.hub().options.close_timeout;
     let handle = Conn(conn.clone());
     let mut limiter = control::Limiter::default();
     let mut last_seen = Instant::now();
@@ -381,7 +224,7 @@ async fn read_loop(
         tokio::select! {
             biased;
             () = conn.reader_wake.notified() => {
-                if conn.force_stop.load(Ordering::SeqCst) {
+                if inner.cut.is_cancelled() {
                     return Exit::Forced;
                 }
                 if closing_until.is_none() && conn.queue.is_closing() {
@@ -477,13 +320,13 @@ async fn read_loop(
 /// One binary frame: decode, then the module's request handling or the
 /// application's message handlers.
 async fn on_frame(
-    inner: &Arc<Inner>,
+    inner: &Arc<Endpoint>,
     conn: &Arc<Connection>,
     handle: &Conn,
     limiter: &mut control::Limiter,
     frame: Bytes,
 ) {
-    let m = &inner.metrics;
+    let m = &inner.hub().metrics;
     m.messages_in.fetch_add(1, Ordering::Relaxed);
     m.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
     match codec::decode_inbound(frame, conn.user_id()) {
@@ -600,22 +443,17 @@ async fn finish_socket(mut ws: Socket, drain: bool, limit: Duration) {
     .await;
 }
 
-async fn finish(inner: &Arc<Inner>, conn: &Arc<Connection>, reason: DisconnectReason) {
-    conn.ended.store(true, Ordering::SeqCst);
-    inner.registry.remove_if(conn.user_id(), conn.id());
-    inner.rooms.leave_all(inner, conn);
-    inner.presence.disconnected(inner, conn);
-    inner.metrics.disconnected(reason);
+async fn finish(inner: &Arc<Endpoint>, conn: &Arc<Connection>, reason: DisconnectReason) {
+    inner.node.ended(conn);
+    let metrics = &inner.hub().metrics;
+    metrics.disconnected(reason);
     info!(%reason, "disconnected");
     let panics = inner
         .handlers
         .on_disconnect(&Conn(conn.clone()), reason)
         .await;
     if panics > 0 {
-        inner
-            .metrics
-            .handler_panics
-            .fetch_add(panics, Ordering::Relaxed);
+        metrics.handler_panics.fetch_add(panics, Ordering::Relaxed);
     }
-    inner.connection_ended();
+    metrics.connections_now.fetch_sub(1, Ordering::Relaxed);
 }

@@ -1,5 +1,6 @@
 //! The warp filter that answers upgrade requests: plain HTTP refusals before
-//! the upgrade, then the 101 and the hand-off to [`crate::connection`].
+//! the upgrade, then the 101 and the hand-off to the connection task
+//! (`session::task`).
 //!
 //! The upgrade is done here rather than with `warp::ws()` so that the
 //! WebSocket configuration (a ~4 KiB read buffer instead of a fixed 128 KiB)
@@ -20,30 +21,26 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tracing::{debug, info};
+use tracing::debug;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::task;
+use super::Endpoint;
 use crate::auth::{AuthError, AuthRequest};
-use crate::client::Inner;
-use crate::close::{code, CloseRequest, DisconnectReason};
-use crate::connection::{self, Connection};
+use crate::backplane::{AdmitError, Admitted};
 use crate::metrics::Refusal;
-use crate::registry::Admission;
-
-/// The subprotocol name of this wire protocol. Offered beside the token
-/// (`Sec-WebSocket-Protocol: edk.ws.v1, <token>`), it is what the server
-/// echoes.
-pub const PROTOCOL: &str = "edk.ws.v1";
+use crate::protocol::PROTOCOL;
 
 pub(crate) fn filter(
-    inner: Arc<Inner>,
+    inner: Arc<Endpoint>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     warp::method()
         .and(warp::header::headers_cloned())
@@ -55,14 +52,14 @@ pub(crate) fn filter(
         })
 }
 
-fn refuse(inner: &Inner, why: Refusal, status: StatusCode, text: &'static str) -> Response {
-    inner.metrics.refuse(why);
+fn refuse(inner: &Endpoint, why: Refusal, status: StatusCode, text: &'static str) -> Response {
+    inner.hub().metrics.refuse(why);
     debug!(status = status.as_u16(), text, "handshake refused");
     warp::reply::with_status(text, status).into_response()
 }
 
 async fn handshake(
-    inner: Arc<Inner>,
+    inner: Arc<Endpoint>,
     method: http::Method,
     headers: HeaderMap,
     peer: Option<SocketAddr>,
@@ -102,7 +99,8 @@ async fn handshake(
         );
         return r;
     }
-    if inner.registry.is_closed() {
+    let options = &inner.hub().options;
+    if inner.hub().registry.is_closed() {
         return refuse(
             &inner,
             ShuttingDown,
@@ -110,7 +108,7 @@ async fn handshake(
             "shutting down",
         );
     }
-    if !origin_allowed(&inner.options.allowed_origins, &headers) {
+    if !origin_allowed(&options.allowed_origins, &headers) {
         return refuse(
             &inner,
             Forbidden,
@@ -119,7 +117,7 @@ async fn handshake(
         );
     }
     let Some(user_id) = headers
-        .get(inner.options.user_id_header.as_str())
+        .get(options.user_id_header.as_str())
         .and_then(|v| valid_user_id(v.as_bytes()))
     else {
         return refuse(
@@ -168,56 +166,41 @@ async fn handshake(
         );
     };
 
-    let conn = Arc::new(Connection::new(
-        inner.next_conn_id(),
-        Arc::from(user),
-        identity.headers,
-        peer,
-        &inner,
-    ));
-    inner.connection_started();
-    match inner
-        .registry
-        .admit(conn.clone(), inner.options.kick_out_new_user_conn)
+    // Counted as live from before admission, so shutdown cannot miss a
+    // connection admitted while it was starting.
+    let live = inner.tasks.token();
+    let refuse_new = options.kick_out_new_user_conn;
+    let conn = match inner
+        .node
+        .admit(Arc::from(user), identity.headers, peer, refuse_new)
+        .await
     {
-        Admission::Admitted { replaced } => {
-            if let Some(old) = replaced {
-                info!(user = %old.user_id(), conn = old.id(), by = conn.id(), "replaced by a new connection");
-                old.request_close(CloseRequest::new(
-                    code::REPLACED,
-                    "replaced by a new connection",
-                    DisconnectReason::Replaced,
-                ));
-            }
+        Ok(Admitted::Registered(conn) | Admitted::Stale(conn)) => conn,
+        Err(e) => {
+            let (why, status, text) = match e {
+                AdmitError::Conflict => (Conflict, StatusCode::CONFLICT, "user already connected"),
+                AdmitError::ShuttingDown => (
+                    ShuttingDown,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting down",
+                ),
+                AdmitError::Unavailable => (
+                    ShuttingDown,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backplane unavailable",
+                ),
+            };
+            return refuse(&inner, why, status, text);
         }
-        Admission::Conflict => {
-            inner.connection_ended();
-            return refuse(
-                &inner,
-                Conflict,
-                StatusCode::CONFLICT,
-                "user already connected",
-            );
-        }
-        Admission::Closed => {
-            inner.connection_ended();
-            return refuse(
-                &inner,
-                ShuttingDown,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting down",
-            );
-        }
-    }
-    inner
-        .metrics
-        .accepted
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
+    let metrics = &inner.hub().metrics;
+    metrics.accepted.fetch_add(1, Ordering::Relaxed);
+    metrics.connections_now.fetch_add(1, Ordering::Relaxed);
 
     let accept = derive_accept_key(key.as_bytes());
     // Browsers fail a handshake whose offered subprotocol is not echoed.
     let echo = if offered_protocol { PROTOCOL } else { token };
-    tokio::spawn(connection::run(inner, conn, on_upgrade));
+    tokio::spawn(task::run(inner, conn, on_upgrade, live));
 
     let mut res = warp::reply().into_response();
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -2,14 +2,17 @@
 //! accepted, who may publish, and per-room settings.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 
-use crate::connection::Conn;
-use crate::proto::Message;
+use crate::conn::Conn;
+use crate::protocol::proto::Message;
 
 /// What the join hook decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum JoinDecision {
     /// Let the connection in; a read-only member may neither publish nor
     /// change state (`FORBIDDEN`).
@@ -24,6 +27,7 @@ pub enum JoinDecision {
 /// A requested state change, as seen (and possibly rewritten) by
 /// [`RoomPolicy::on_state_change`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StateChange {
     /// Room state keys to set.
     pub room_changes: HashMap<String, String>,
@@ -121,3 +125,23 @@ pub trait RoomPolicy: Send + Sync + 'static {
 pub struct AllowAll;
 
 impl RoomPolicy for AllowAll {}
+
+/// The policy in force: read lock-free on every request, replaced whole.
+pub(crate) struct Policy(ArcSwap<Box<dyn RoomPolicy>>);
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy(ArcSwap::from_pointee(Box::new(AllowAll)))
+    }
+}
+
+impl Policy {
+    /// The current policy (kept alive across the hook's await).
+    pub fn get(&self) -> Arc<Box<dyn RoomPolicy>> {
+        self.0.load_full()
+    }
+
+    pub fn set(&self, policy: impl RoomPolicy) {
+        self.0.store(Arc::new(Box::new(policy)));
+    }
+}

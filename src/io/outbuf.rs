@@ -17,6 +17,8 @@ use std::task::{ready, Context, Poll};
 
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 #[derive(Default)]
 struct State {
@@ -39,17 +41,12 @@ impl OutBuf {
         if s.closed {
             return false;
         }
-        let len = payload.len();
-        s.buf.push(0x82); // FIN + binary opcode
-        if len < 126 {
-            s.buf.push(len as u8);
-        } else if len <= u16::MAX as usize {
-            s.buf.push(126);
-            s.buf.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            s.buf.push(127);
-            s.buf.extend_from_slice(&(len as u64).to_be_bytes());
-        }
+        let header = FrameHeader {
+            opcode: OpCode::Data(Data::Binary),
+            ..FrameHeader::default()
+        };
+        // Writing into a Vec cannot fail.
+        let _ = header.format(payload.len() as u64, &mut s.buf);
         s.buf.extend_from_slice(payload);
         true
     }
@@ -102,29 +99,19 @@ impl<T: AsyncWrite + Unpin> CoalescingIo<T> {
     }
 }
 
-/// Walks the (server-written, unmasked) frames in `data` looking for a close
-/// frame (opcode 0x8).
+/// Walks the (server-written, whole) frames in `data` looking for a close
+/// frame, with tungstenite's own header parser.
 fn contains_close_frame(data: &[u8]) -> bool {
-    let mut pos = 0usize;
-    while pos + 2 <= data.len() {
-        let opcode = data[pos] & 0x0f;
-        if opcode == 0x8 {
+    let mut cursor = std::io::Cursor::new(data);
+    while let Ok(Some((header, len))) = FrameHeader::parse(&mut cursor) {
+        if header.opcode == OpCode::Control(Control::Close) {
             return true;
         }
-        let (len, header) = match data[pos + 1] & 0x7f {
-            126 if pos + 4 <= data.len() => (
-                u16::from_be_bytes([data[pos + 2], data[pos + 3]]) as usize,
-                4,
-            ),
-            127 if pos + 10 <= data.len() => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&data[pos + 2..pos + 10]);
-                (u64::from_be_bytes(b) as usize, 10)
-            }
-            126 | 127 => return false,
-            n => (n as usize, 2),
-        };
-        pos = pos.saturating_add(header).saturating_add(len);
+        let next = cursor.position().saturating_add(len);
+        if next >= data.len() as u64 {
+            return false;
+        }
+        cursor.set_position(next);
     }
     false
 }
@@ -212,5 +199,31 @@ mod tests {
         let mut got = Vec::new();
         b.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"\x82\x05first\x8a\x00\x88\x02\x03\xe8");
+    }
+
+    /// Every frame the writer produces parses back with tungstenite's own
+    /// frame parser, whatever the payload length (each length-format
+    /// boundary of RFC 6455 §5.2), and the close-frame scan finds only
+    /// close frames.
+    #[test]
+    fn written_frames_parse_back_with_tungstenite() {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 1 << 20] {
+            let out = OutBuf::default();
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            assert!(out.push_binary(&payload));
+            let bytes = std::mem::take(&mut out.0.lock().buf);
+            let mut cursor = std::io::Cursor::new(&bytes[..]);
+            let (header, n) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert_eq!(n as usize, len, "length {len}");
+            assert!(header.is_final && header.mask.is_none());
+            assert_eq!(header.opcode, OpCode::Data(Data::Binary));
+            let start = cursor.position() as usize;
+            assert_eq!(&bytes[start..], &payload[..], "payload of length {len}");
+            assert!(!contains_close_frame(&bytes));
+            let mut with_close = bytes.clone();
+            Frame::close(None).format(&mut with_close).unwrap();
+            assert!(contains_close_frame(&with_close), "close after {len}");
+        }
     }
 }

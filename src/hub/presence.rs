@@ -1,0 +1,314 @@
+//! Presence: user activities (online, busy, away, playing), visible to every
+//! other connected user of the same [`WsClient`](crate::WsClient).
+//!
+//! A connected user who never reported is offline to others. An activity
+//! belongs to the connection that set it: when that connection ends, the
+//! user goes offline (a replacing connection reports afresh).
+//!
+//! Changes are batched: they collect for `event_batch_interval`, keeping only
+//! the latest state of each user, and then every connected user gets one
+//! `Activities` frame (encoded once, through [`Hub::deliver`]) with all of
+//! them — except a user whose only change in the batch is their own. So N
+//! users changing at once cost each recipient one frame per window, not N.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::{Hub, Payload, Target};
+use crate::conn::Connection;
+use crate::protocol::codec;
+use crate::protocol::proto::message::Control;
+use crate::protocol::proto::{Activities, Activity, Status};
+use crate::subscribers::{Subscribers, Subscription};
+
+/// Why the server could not set an activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActivityError {
+    /// Activities are off (`online_activities_disabled`).
+    #[error("activities are disabled")]
+    Disabled,
+    /// The user has no connection here.
+    #[error("user is not connected")]
+    NotConnected,
+}
+
+pub(crate) type ActivityFn = dyn Fn(&Activity) + Send + Sync;
+
+/// Activities carried by one batch frame; the rest wait for the next
+/// window (deferred, not dropped), so a frame stays far below any queue
+/// limit whatever the storm.
+const MAX_PER_BATCH: usize = 256;
+
+/// Who set an activity: the connection's id and ownership epoch.
+#[derive(Clone, Copy)]
+struct SetBy {
+    conn: u64,
+    epoch: u64,
+}
+
+pub(crate) struct Presence {
+    /// Non-offline activities by user (ordered: list pages are keyed by
+    /// user id).
+    current: RwLock<BTreeMap<Arc<str>, (SetBy, Activity)>>,
+    /// Changes waiting for the next batch: user → latest.
+    pending: Mutex<HashMap<Arc<str>, Activity>>,
+    flush_scheduled: AtomicBool,
+    handlers: Arc<Subscribers<ActivityFn>>,
+}
+
+impl Presence {
+    pub fn new() -> Self {
+        Presence {
+            current: RwLock::new(BTreeMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            flush_scheduled: AtomicBool::new(false),
+            handlers: Subscribers::new(),
+        }
+    }
+
+    pub fn subscribe(&self, f: Arc<ActivityFn>) -> Subscription {
+        self.handlers.add(f)
+    }
+
+    /// Every non-offline activity.
+    pub fn list(&self) -> Vec<Activity> {
+        self.current
+            .read()
+            .values()
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    /// One page of activities after `cursor` (a user id; empty = from the
+    /// start): at most `limit` entries and, past the first, no more than
+    /// `max_bytes` encoded. `next_cursor` is empty on the last page.
+    pub fn page(&self, cursor: &str, limit: usize, max_bytes: usize) -> Activities {
+        let cur = self.current.read();
+        let after = match cursor {
+            "" => Bound::Unbounded,
+            c => Bound::Excluded(c),
+        };
+        let rest = cur.range::<str, _>((after, Bound::Unbounded));
+        let (activities, next_cursor) =
+            super::list_page(rest, limit, max_bytes, |_, (_, a)| a.clone());
+        Activities {
+            activities,
+            next_cursor,
+        }
+    }
+
+    /// `user`'s activity (offline when unknown).
+    pub fn get(&self, user: &str) -> Option<Activity> {
+        self.current.read().get(user).map(|(_, a)| a.clone())
+    }
+}
+
+impl Hub {
+    /// Sets `conn`'s user activity (offline clears it) and propagates it.
+    pub fn set_activity(self: &Arc<Self>, conn: &Connection, status: Status, detail: String) {
+        let user = conn.user_key();
+        let activity = Activity {
+            user_id: user.to_string(),
+            status: status as i32,
+            detail,
+            since_ms: codec::now_ms(),
+        };
+        {
+            let mut cur = self.presence.current.write();
+            // Checked under the lock `activity_gone` takes: an ending (or
+            // replaced) connection cannot leave an activity behind.
+            if conn.is_closing() {
+                return;
+            }
+            if cur
+                .get(&*user)
+                .is_some_and(|(by, _)| by.epoch > conn.epoch())
+            {
+                return; // a newer connection of the user owns it
+            }
+            if status == Status::Offline {
+                if cur.remove(&*user).is_none() {
+                    return; // already offline: nothing to tell
+                }
+            } else {
+                let by = SetBy {
+                    conn: conn.id(),
+                    epoch: conn.epoch(),
+                };
+                cur.insert(user.clone(), (by, activity.clone()));
+            }
+        }
+        self.activity_changed(user, activity);
+    }
+
+    /// The connection ended: if it set the user's activity, the user goes
+    /// offline.
+    pub fn activity_gone(self: &Arc<Self>, conn: &Connection) {
+        let removed = {
+            let mut cur = self.presence.current.write();
+            match cur.get(conn.user_id()) {
+                Some((by, _)) if by.conn == conn.id() => cur.remove(conn.user_id()).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            let activity = Activity {
+                user_id: conn.user_id().to_owned(),
+                status: Status::Offline as i32,
+                detail: String::new(),
+                since_ms: codec::now_ms(),
+            };
+            self.activity_changed(conn.user_key(), activity);
+        }
+    }
+
+    fn activity_changed(self: &Arc<Self>, user: Arc<str>, activity: Activity) {
+        for (_, h) in self.presence.handlers.snapshot().iter() {
+            let a = &activity;
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(a))).is_err() {
+                tracing::error!("activity handler panicked");
+            }
+        }
+        self.presence.pending.lock().insert(user, activity);
+        self.schedule_flush(|h| &h.presence.flush_scheduled, Hub::flush_presence);
+    }
+
+    /// Sends the pending batch to every connected user.
+    pub fn flush_presence(self: &Arc<Self>) {
+        let p = &self.presence;
+        p.flush_scheduled.store(false, Ordering::Release);
+        let (pending, more) = {
+            let mut p = p.pending.lock();
+            if p.len() <= MAX_PER_BATCH {
+                (std::mem::take(&mut *p), false)
+            } else {
+                let keys: Vec<Arc<str>> = p.keys().take(MAX_PER_BATCH).cloned().collect();
+                let batch: HashMap<_, _> = keys
+                    .into_iter()
+                    .filter_map(|k| p.remove(&k).map(|a| (k, a)))
+                    .collect();
+                (batch, true)
+            }
+        };
+        if more {
+            self.schedule_flush(|h| &h.presence.flush_scheduled, Hub::flush_presence);
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let only = if pending.len() == 1 {
+            pending.keys().next().cloned()
+        } else {
+            None
+        };
+        let frame = Payload::Frame(codec::encode_control(
+            String::new(),
+            Control::Activities(Activities {
+                activities: pending.into_values().collect(),
+                next_cursor: String::new(),
+            }),
+        ));
+        let except = only.as_deref();
+        if let Ok(report) = self.deliver(Target::All { except }, &frame) {
+            if !report.failed.is_empty() {
+                tracing::debug!(
+                    dropped = report.failed.len(),
+                    "activity batch not queued for some connections"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::testing::{connect, drain, hub};
+    use crate::options::Options;
+    use prost::Message as _;
+    use std::time::Duration;
+
+    fn batch(m: &[crate::protocol::proto::Message]) -> Vec<(String, i32)> {
+        m.iter()
+            .flat_map(|m| match &m.control {
+                Some(Control::Activities(a)) => a.activities.clone(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .map(|a| (a.user_id, a.status))
+            .collect()
+    }
+
+    /// A hub whose batch window never passes on its own: flushed by hand.
+    fn manual() -> Arc<Hub> {
+        hub(Options::default().with_event_batch_interval(Duration::from_secs(86_400)))
+    }
+
+    #[test]
+    fn batches_reach_the_others_once_per_flush() {
+        let hub = manual();
+        let (a, b) = (connect(&hub, "a"), connect(&hub, "b"));
+        hub.set_activity(&a, Status::Busy, "x".into());
+        hub.set_activity(&a, Status::Online, "y".into());
+        hub.flush_presence();
+        assert!(drain(&a).is_empty(), "a change of one's own is not echoed");
+        assert_eq!(batch(&drain(&b)), [("a".to_owned(), Status::Online as i32)]);
+        hub.set_activity(&b, Status::Away, String::new());
+        hub.activity_gone(&a);
+        hub.flush_presence();
+        let mut got = batch(&drain(&b));
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("a".to_owned(), Status::Offline as i32),
+                ("b".to_owned(), Status::Away as i32)
+            ]
+        );
+        assert_eq!(hub.presence.list().len(), 1);
+    }
+
+    #[test]
+    fn the_newer_connection_owns_the_activity() {
+        let hub = manual();
+        let old = connect(&hub, "u");
+        let new = connect(&hub, "u"); // higher epoch, replaces `old`
+        hub.set_activity(&new, Status::Playing, "chess".into());
+        hub.set_activity(&old, Status::Away, String::new());
+        assert_eq!(
+            hub.presence.get("u").unwrap().status,
+            Status::Playing as i32
+        );
+        hub.activity_gone(&old); // the old one ending does not take it away
+        assert!(hub.presence.get("u").is_some());
+        hub.activity_gone(&new);
+        assert!(hub.presence.get("u").is_none());
+    }
+
+    #[test]
+    fn activity_pages_cover_everyone_once() {
+        let hub = manual();
+        let conns: Vec<_> = (0..1_000)
+            .map(|i| connect(&hub, &format!("u{i:04}")))
+            .collect();
+        for c in &conns {
+            hub.set_activity(c, Status::Online, "d".repeat(200));
+        }
+        let (mut cursor, mut seen) = (String::new(), Vec::new());
+        loop {
+            let page = hub.presence.page(&cursor, 100, 8 << 10);
+            assert!(page.activities.len() <= 100 && page.encoded_len() < (8 << 10) + 1024);
+            seen.extend(page.activities.into_iter().map(|a| a.user_id));
+            if page.next_cursor.is_empty() {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+        let want: Vec<String> = (0..1_000).map(|i| format!("u{i:04}")).collect();
+        assert_eq!(seen, want);
+    }
+}

@@ -1,0 +1,50 @@
+//! Sessions: the warp handshake filter (`handshake`: HTTP refusals, then the
+//! 101), the connection task (`task`: reader, single writer, heartbeat,
+//! finish), the module's own request handling (`control`: one reply per
+//! request id) and the application's handlers (`handlers`).
+//!
+//! Imports the layers below (`backplane`, `hub`, `conn`, `protocol`, `io`);
+//! only the `WsClient` facade sits above.
+
+pub(crate) mod control;
+pub(crate) mod handlers;
+pub(crate) mod handshake;
+pub(crate) mod task;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::backplane::Node;
+use crate::hub::Hub;
+use handlers::Handlers;
+
+/// One endpoint (one `WsClient`): its node, token checker, handlers and
+/// connection tasks.
+pub(crate) struct Endpoint {
+    pub node: Node,
+    pub auth: Box<dyn Authenticator>,
+    pub handlers: Handlers,
+    /// Every connection task, from admission to its end: shutdown waits for
+    /// them.
+    pub tasks: TaskTracker,
+    /// Cancelled when shutdown's deadline passes: every connection stops
+    /// at once.
+    pub cut: CancellationToken,
+}
+
+impl Endpoint {
+    pub fn new(node: Node, auth: Box<dyn Authenticator>) -> Self {
+        Endpoint {
+            node,
+            auth,
+            handlers: Handlers::new(),
+            tasks: TaskTracker::new(),
+            cut: CancellationToken::new(),
+        }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.node.hub
+    }
+}
