@@ -66,6 +66,7 @@ mod conn;
 mod error;
 mod hub;
 mod io;
+mod logs;
 mod metrics;
 mod options;
 mod protocol;

@@ -17,7 +17,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,6 +39,7 @@ use super::Endpoint;
 use crate::conn::{Conn, Connection};
 use crate::io::outbuf::{CoalescingIo, OutBuf};
 use crate::io::transport::{self, Transport};
+use crate::logs::LogBudget;
 use crate::metrics::Metrics;
 use crate::protocol::close::{code, CloseRequest, DisconnectReason};
 use crate::protocol::codec;
@@ -267,12 +268,12 @@ async fn read_loop(
                         Box::pin(on_frame(inner, conn, &handle, &mut limiter, frame)).await;
                     }
                     Ok(WsMessage::Text(_)) => {
-                        warn!("text frame: closing with 1003");
-                        conn.request_close(CloseRequest::new(
+                        protocol_close(
+                            conn,
                             code::UNSUPPORTED_DATA,
                             "text frames are not supported; send binary edk.ws.v1.Message",
-                            DisconnectReason::ProtocolError,
-                        ));
+                            &"text frame",
+                        );
                     }
                     Ok(WsMessage::Close(frame)) => {
                         debug!(?frame, "client sent close");
@@ -285,30 +286,15 @@ async fn read_loop(
                         return Exit::Clean;
                     }
                     Err(WsError::Capacity(e)) => {
-                        warn!(error = %e, "message too big: closing with 1009");
-                        conn.request_close(CloseRequest::new(
-                            code::MESSAGE_TOO_BIG,
-                            "message too big",
-                            DisconnectReason::ProtocolError,
-                        ));
+                        protocol_close(conn, code::MESSAGE_TOO_BIG, "message too big", &e);
                         return Exit::Drain;
                     }
                     Err(WsError::Utf8(_)) => {
-                        warn!("invalid UTF-8 in a text frame: closing with 1007");
-                        conn.request_close(CloseRequest::new(
-                            code::INVALID_PAYLOAD,
-                            "invalid UTF-8",
-                            DisconnectReason::ProtocolError,
-                        ));
+                        protocol_close(conn, code::INVALID_PAYLOAD, "invalid UTF-8", &"text frame");
                         return Exit::Drain;
                     }
                     Err(e) => {
-                        warn!(error = %e, "protocol error: closing with 1002");
-                        conn.request_close(CloseRequest::new(
-                            code::PROTOCOL_ERROR,
-                            "protocol error",
-                            DisconnectReason::ProtocolError,
-                        ));
+                        protocol_close(conn, code::PROTOCOL_ERROR, "protocol error", &e);
                         return Exit::Drain;
                     }
                 }
@@ -342,14 +328,25 @@ async fn on_frame(
             }
         }
         Err(e) => {
-            warn!(error = %e, "undecodable message: closing with 1007");
-            conn.request_close(CloseRequest::new(
-                code::INVALID_PAYLOAD,
-                "invalid edk.ws.v1.Message",
-                DisconnectReason::ProtocolError,
-            ));
+            protocol_close(conn, code::INVALID_PAYLOAD, "invalid edk.ws.v1.Message", &e);
         }
     }
+}
+
+/// A client broke the protocol: close with `code` and `reason` (the close
+/// frame's text) after what is queued. Logged at warn in the connection's
+/// span, at most 10 lines a second across all connections (a flood of bad
+/// clients cannot flood the log; suppressed lines are counted in the next).
+fn protocol_close(conn: &Connection, code: u16, reason: &str, detail: &dyn std::fmt::Display) {
+    static LOG: LazyLock<LogBudget> = LazyLock::new(|| LogBudget::new(10));
+    if let Some(suppressed) = LOG.admit() {
+        warn!(code, %detail, suppressed, "{reason}: closing with {code}");
+    }
+    conn.request_close(CloseRequest::new(
+        code,
+        reason,
+        DisconnectReason::ProtocolError,
+    ));
 }
 
 /// The single writer: drains the queue in batches (append each frame to the
