@@ -115,7 +115,7 @@ fn room_publish(c: &mut Criterion) {
     let users: Vec<String> = (0..n).map(|i| format!("member-{i}")).collect();
     let conns: Vec<_> = users.iter().map(|u| client.bench_attach(u)).collect();
     for u in &users {
-        client.join(u, "bench-room", HashMap::new()).expect("join");
+        futures::executor::block_on(client.join(u, "bench-room", HashMap::new())).expect("join");
     }
     for c in &conns {
         (c.1)();

@@ -11,7 +11,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::auth::Authenticator;
-use crate::backplane::{LocalBackplane, Node};
+use crate::backplane::{Backplane, LocalBackplane, Node};
 use crate::conn::Conn;
 use crate::error::{SendError, SendReport};
 use crate::hub::policy::{RoomPolicy, StateChange};
@@ -69,15 +69,102 @@ pub struct ShutdownReport {
     pub unfinished: usize,
 }
 
+/// Why [`WsClient::connect`] could not build the endpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// `redis_url` is not a Redis URL.
+    #[error("invalid Redis URL: {0}")]
+    InvalidRedisUrl(String),
+    /// `redis_url` is set but the crate was built without its `redis`
+    /// feature.
+    #[error("redis_url is set but edk-ws was built without the `redis` feature")]
+    RedisFeatureOff,
+}
+
 impl WsClient {
     /// A new endpoint with these options and this token checker.
     /// Durations are clamped to 1 ms – 1 day and sizes to at least 1.
+    ///
+    /// With `options.redis_url` set, prefer [`WsClient::connect`], which
+    /// reports a bad URL and waits for Redis; `new` joins the cluster in the
+    /// background (it must be called inside a tokio runtime) and refuses
+    /// handshakes with 503 until Redis is reached. A bad URL, or no
+    /// runtime, is logged and leaves the backplane down.
     pub fn new(options: Options, authenticator: impl Authenticator) -> Self {
-        let hub = Hub::new(options.sanitized(), Arc::new(Metrics::default()));
-        let node = Node::new(hub, Arc::new(LocalBackplane::new()));
-        WsClient {
-            inner: Arc::new(Endpoint::new(node, Box::new(authenticator))),
+        let options = options.sanitized();
+        match Self::build(options.clone(), Box::new(authenticator)) {
+            Ok(client) => {
+                if client.node().backplane().is_clustered() {
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(rt) => {
+                            let c = client.clone();
+                            rt.spawn(async move { c.node().start(Duration::ZERO).await });
+                        }
+                        Err(_) => tracing::error!(
+                            "redis_url is set but WsClient::new was called outside a tokio runtime: \
+                             the backplane stays down (use WsClient::connect)"
+                        ),
+                    }
+                }
+                client
+            }
+            Err((e, auth)) => {
+                tracing::error!(error = %e, "cannot use the Redis backplane: running as a single process");
+                let options = options.with_redis_url(None);
+                match Self::build(options, auth) {
+                    Ok(client) => client,
+                    Err(_) => unreachable!("no redis_url: the local backplane always builds"),
+                }
+            }
         }
+    }
+
+    /// Like [`WsClient::new`], and when `options.redis_url` is set, joins
+    /// the cluster: connects to Redis (waiting up to 5 s; after that it keeps
+    /// trying in the background, with handshakes refused 503 meanwhile),
+    /// subscribes, and starts the heartbeat. See the README's "Scaling out".
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError`]: the URL is not a Redis URL, or the `redis` feature
+    /// is off.
+    pub async fn connect(
+        options: Options,
+        authenticator: impl Authenticator,
+    ) -> Result<Self, ConnectError> {
+        let client =
+            Self::build(options.sanitized(), Box::new(authenticator)).map_err(|(e, _)| e)?;
+        client.node().start(Duration::from_secs(5)).await;
+        Ok(client)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn build(
+        options: Options,
+        auth: Box<dyn Authenticator>,
+    ) -> Result<Self, (ConnectError, Box<dyn Authenticator>)> {
+        let backplane: Arc<dyn Backplane> = match &options.redis_url {
+            None => Arc::new(LocalBackplane::new()),
+            #[cfg(feature = "redis")]
+            Some(url) => match crate::backplane::redis::RedisBackplane::new(url, &options) {
+                Ok(b) => Arc::new(b),
+                Err(e) => return Err((ConnectError::InvalidRedisUrl(e.to_string()), auth)),
+            },
+            #[cfg(not(feature = "redis"))]
+            Some(_) => return Err((ConnectError::RedisFeatureOff, auth)),
+        };
+        let hub = Hub::new(options, Arc::new(Metrics::default()));
+        let node = Node::new(hub, backplane);
+        Ok(WsClient {
+            inner: Arc::new(Endpoint::new(node, auth)),
+        })
+    }
+
+    /// This instance's node id in the cluster (with the local backplane:
+    /// `local-<pid>`).
+    pub fn node_id(&self) -> &str {
+        self.node().backplane().node_id()
     }
 
     fn node(&self) -> &Node {
@@ -210,7 +297,7 @@ impl WsClient {
     ///
     /// [`RoomError`]: `NotConnected`, an invalid name, a full room, too many
     /// rooms, or state over the limits.
-    pub fn join(
+    pub async fn join(
         &self,
         user_id: &str,
         room: &str,
@@ -221,7 +308,7 @@ impl WsClient {
             .registry
             .get(user_id)
             .ok_or(RoomError::NotConnected)?;
-        self.node().join(&conn, room, state, false)
+        self.node().join(&conn, room, state, false).await
     }
 
     /// Removes `user_id` from `room`; the others get a leave event.
@@ -229,13 +316,13 @@ impl WsClient {
     /// # Errors
     ///
     /// `NotConnected`, or `NotAMember`.
-    pub fn leave(&self, user_id: &str, room: &str) -> Result<(), RoomError> {
+    pub async fn leave(&self, user_id: &str, room: &str) -> Result<(), RoomError> {
         let conn = self
             .hub()
             .registry
             .get(user_id)
             .ok_or(RoomError::NotConnected)?;
-        self.node().leave(&conn, room)
+        self.node().leave(&conn, room).await
     }
 
     /// Publishes `msg` to every member of `room` (encoded once), stamped
@@ -282,7 +369,7 @@ impl WsClient {
     /// # Errors
     ///
     /// `NotFound`, or `StateTooLarge`.
-    pub fn set_room_state(
+    pub async fn set_room_state(
         &self,
         room: &str,
         changes: HashMap<String, String>,
@@ -293,7 +380,7 @@ impl WsClient {
             room_removed: removed,
             ..Default::default()
         };
-        self.node().update_state(room, None, change)
+        self.node().update_state(room, None, change).await
     }
 
     /// Closes `room`: every member gets `RoomClosed { reason }` and is no
@@ -302,8 +389,8 @@ impl WsClient {
     /// # Errors
     ///
     /// `NotFound`.
-    pub fn close_room(&self, room: &str, reason: &str) -> Result<usize, RoomError> {
-        self.node().close_room(room, reason)
+    pub async fn close_room(&self, room: &str, reason: &str) -> Result<usize, RoomError> {
+        self.node().close_room(room, reason).await
     }
 
     /// Names of the rooms that exist now (rooms with members).
@@ -338,7 +425,7 @@ impl WsClient {
     /// # Errors
     ///
     /// `Disabled` (activities are off), or `NotConnected`.
-    pub fn set_activity(
+    pub async fn set_activity(
         &self,
         user_id: &str,
         status: Status,
@@ -352,7 +439,9 @@ impl WsClient {
             .registry
             .get(user_id)
             .ok_or(ActivityError::NotConnected)?;
-        self.node().set_activity(&conn, status, detail.to_owned())
+        self.node()
+            .set_activity(&conn, status, detail.to_owned())
+            .await
     }
 
     /// Calls `handler` on every activity change (including going offline),
@@ -366,7 +455,11 @@ impl WsClient {
 
     /// The counters.
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.hub().metrics.snapshot()
+        let mut m = self.hub().metrics.snapshot();
+        let b = self.node().backplane();
+        m.backplane_down = b.is_clustered() && !b.is_up();
+        m.backplane_publish_errors = b.publish_errors();
+        m
     }
 
     /// Shuts the endpoint down: new upgrades get 503 and sends fail with

@@ -75,7 +75,7 @@ mod subscribers;
 
 pub use async_trait::async_trait;
 pub use auth::{AuthError, AuthRequest, Authenticator, Claims, Identity, JwtAuthenticator};
-pub use client::{ShutdownReport, WsClient};
+pub use client::{ConnectError, ShutdownReport, WsClient};
 pub use conn::Conn;
 pub use error::{SendError, SendReport};
 pub use hub::policy::{AllowAll, JoinDecision, RoomPolicy, RoomSettings, StateChange};

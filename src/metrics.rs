@@ -63,6 +63,9 @@ impl Metrics {
             send_failed: self.send_failed.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
             tcp_nodelay_unavailable: self.tcp_nodelay_unavailable.load(Relaxed),
+            // Filled by the endpoint, which knows its backplane.
+            backplane_down: false,
+            backplane_publish_errors: 0,
         }
     }
 }
@@ -96,6 +99,11 @@ pub struct MetricsSnapshot {
     /// nor a `UnixStream` (a custom acceptor). 0 under warp's own server
     /// with a TCP or Unix listener, however it was bound.
     pub tcp_nodelay_unavailable: u64,
+    /// Clustered, and the backplane (Redis) is unreachable now.
+    pub backplane_down: bool,
+    /// Cross-node publishes that could not be sent (Redis unreachable, or
+    /// the publish queue full): lost, at most once.
+    pub backplane_publish_errors: u64,
 }
 
 /// Refused handshakes by answer.

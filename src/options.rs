@@ -171,6 +171,36 @@ options! {
     /// (`ListMembers`/`ListActivities` with `limit` 0 or above it).
     max_list_page_size, with_max_list_page_size: usize = 100,
         "EDK_WS_MAX_LIST_PAGE_SIZE" via size;
+
+    // --- scale-out (issue 9) ---
+    /// Redis that several instances share to behave as one server
+    /// (`redis://[user:pass@]host:port[/db]`, or `rediss://` for TLS).
+    /// `None`: this process alone (the in-process local backplane). Read by
+    /// [`WsClient::connect`](crate::WsClient::connect).
+    redis_url, with_redis_url: Option<String> = None,
+        "EDK_WS_REDIS_URL" via optional_string;
+    /// This instance's id in the cluster; `None`: unique per process
+    /// (host name, pid and a random suffix).
+    node_id, with_node_id: Option<String> = None,
+        "EDK_WS_NODE_ID" via optional_string;
+    /// Prefix of every Redis key and channel (several deployments can share
+    /// one Redis with different prefixes).
+    redis_prefix, with_redis_prefix: String = "edk".to_owned(),
+        "EDK_WS_REDIS_PREFIX" via nonempty_string;
+    /// How long any one Redis call may take before it fails (and the
+    /// backplane is marked down): cross-node operations never hang longer.
+    redis_timeout, with_redis_timeout: Duration = Duration::from_millis(250),
+        "EDK_WS_REDIS_TIMEOUT" via duration;
+    /// A node that has not renewed its lease for this long is dead: its
+    /// users, memberships and activities are cleaned by a surviving node.
+    /// Leases are renewed every fifth of it.
+    node_lease, with_node_lease: Duration = Duration::from_secs(10),
+        "EDK_WS_NODE_LEASE" via duration;
+    /// While Redis is unreachable, new handshakes are refused with 503
+    /// (`false`, the default: one connection per user cannot be checked
+    /// cluster-wide), or admitted on this node alone (`true`).
+    redis_admit_when_down, with_redis_admit_when_down: bool = false,
+        "EDK_WS_REDIS_ADMIT_WHEN_DOWN" via boolean;
 }
 
 impl Options {
@@ -188,6 +218,10 @@ impl Options {
         self.send_queue_capacity = self.send_queue_capacity.max(1);
         self.send_queue_max_bytes = self.send_queue_max_bytes.max(1);
         self.max_list_page_size = self.max_list_page_size.max(1);
+        self.redis_timeout = clamp(self.redis_timeout);
+        self.node_lease = self
+            .node_lease
+            .clamp(Duration::from_millis(500), Duration::from_secs(3600));
         self
     }
 
@@ -254,6 +288,17 @@ mod parse {
         http::HeaderName::from_bytes(v.as_bytes())
             .map(|_| v.to_ascii_lowercase())
             .map_err(|_| "not a header name".to_owned())
+    }
+
+    pub fn optional_string(v: &str) -> Result<Option<String>, String> {
+        Ok((!v.is_empty()).then(|| v.to_owned()))
+    }
+
+    pub fn nonempty_string(v: &str) -> Result<String, String> {
+        match v {
+            "" => Err("must not be empty".to_owned()),
+            v => Ok(v.to_owned()),
+        }
     }
 
     pub fn list(v: &str) -> Result<Vec<String>, String> {

@@ -193,6 +193,7 @@ async fn the_server_reads_sets_and_subscribes() {
 
     srv.client
         .set_activity("b", Status::Away, "lunch")
+        .await
         .expect("set_activity");
     let got = next_change(&mut rx).await;
     assert_eq!(
@@ -224,11 +225,14 @@ async fn the_server_reads_sets_and_subscribes() {
         ])
     );
     assert_eq!(
-        srv.client.set_activity("ghost", Status::Online, ""),
+        srv.client.set_activity("ghost", Status::Online, "").await,
         Err(ActivityError::NotConnected)
     );
 
-    srv.client.set_activity("b", Status::Offline, "").unwrap();
+    srv.client
+        .set_activity("b", Status::Offline, "")
+        .await
+        .unwrap();
     let got = next_change(&mut rx).await;
     assert_eq!(
         (got.user_id.as_str(), status_of(&got)),
@@ -332,7 +336,7 @@ async fn disabled_activities_are_refused_and_nothing_propagates() {
     assert_error(&r, Code::ActivitiesDisabled);
     assert_eq!(r.id, "l1");
     assert_eq!(
-        srv.client.set_activity("a", Status::Online, ""),
+        srv.client.set_activity("a", Status::Online, "").await,
         Err(ActivityError::Disabled)
     );
     assert!(srv.client.activities().is_empty());

@@ -274,6 +274,7 @@ async fn join_leave_member_events_and_list_members() {
 
     srv.client
         .set_room_state("r", state(&[("topic", "chess")]), vec![])
+        .await
         .unwrap();
     let reply = b.request(list_req("l1", "r")).await;
     let ms = members_reply(&reply);
@@ -409,6 +410,7 @@ async fn state_policy_refuses_and_transforms() {
     // The server is not subject to the policy.
     srv.client
         .set_room_state("r", state(&[("locked", "yes")]), vec![])
+        .await
         .unwrap();
     for (id, u) in [
         (
@@ -584,14 +586,20 @@ async fn server_api_join_leave_publish_state() {
     let mut a = Peer::connect(&srv, "a").await;
     let mut b = Peer::connect(&srv, "b").await;
 
-    srv.client.join("a", "r", state(&[("seat", "1")])).unwrap();
-    srv.client.join("b", "r", state(&[("seat", "2")])).unwrap();
+    srv.client
+        .join("a", "r", state(&[("seat", "1")]))
+        .await
+        .unwrap();
+    srv.client
+        .join("b", "r", state(&[("seat", "2")]))
+        .await
+        .unwrap();
     assert_eq!(
-        srv.client.join("nobody", "r", HashMap::new()),
+        srv.client.join("nobody", "r", HashMap::new()).await,
         Err(RoomError::NotConnected)
     );
     assert_eq!(
-        srv.client.join("a", "", HashMap::new()),
+        srv.client.join("a", "", HashMap::new()).await,
         Err(RoomError::InvalidName)
     );
     let m = a
@@ -618,6 +626,7 @@ async fn server_api_join_leave_publish_state() {
     // Room state.
     srv.client
         .set_room_state("r", state(&[("topic", "x"), ("n", "1")]), vec![])
+        .await
         .unwrap();
     for p in [&mut a, &mut b] {
         let m = p
@@ -629,6 +638,7 @@ async fn server_api_join_leave_publish_state() {
     }
     srv.client
         .set_room_state("r", HashMap::new(), vec!["n".into()])
+        .await
         .unwrap();
     for p in [&mut a, &mut b] {
         let m = p
@@ -642,7 +652,8 @@ async fn server_api_join_leave_publish_state() {
     );
     assert_eq!(
         srv.client
-            .set_room_state("ghost", state(&[("k", "v")]), vec![]),
+            .set_room_state("ghost", state(&[("k", "v")]), vec![])
+            .await,
         Err(RoomError::NotFound)
     );
     assert!(srv.client.room_state("ghost").is_none());
@@ -678,8 +689,8 @@ async fn server_api_join_leave_publish_state() {
     ));
 
     // Server leave.
-    srv.client.leave("b", "r").unwrap();
-    assert_eq!(srv.client.leave("b", "r"), Err(RoomError::NotAMember));
+    srv.client.leave("b", "r").await.unwrap();
+    assert_eq!(srv.client.leave("b", "r").await, Err(RoomError::NotAMember));
     let m = a
         .wait_for("b left", |m| member_changed(m).is_some_and(|c| !c.joined))
         .await;
@@ -688,7 +699,7 @@ async fn server_api_join_leave_publish_state() {
         "b"
     );
     assert_error(&b.request(list_req("l2", "r")).await, Code::NotAMember);
-    srv.client.leave("a", "r").unwrap();
+    srv.client.leave("a", "r").await.unwrap();
     assert_eq!(srv.client.room_count(), 0);
     assert!(srv.client.rooms().is_empty());
 }
@@ -701,7 +712,7 @@ async fn close_room_notifies_members_and_removes_them() {
     a.join("r", &[]).await;
     b.join("r", &[]).await;
     assert_eq!(srv.client.room_count(), 1);
-    assert_eq!(srv.client.close_room("r", "game over"), Ok(2));
+    assert_eq!(srv.client.close_room("r", "game over").await, Ok(2));
     for p in [&mut a, &mut b] {
         let m = p
             .wait_for("RoomClosed", |m| {
@@ -722,7 +733,7 @@ async fn close_room_notifies_members_and_removes_them() {
     );
     assert_error(&a.request(leave_req("x1", "r")).await, Code::NotAMember);
     assert_eq!(
-        srv.client.close_room("r", "again"),
+        srv.client.close_room("r", "again").await,
         Err(RoomError::NotFound)
     );
     // The closed room no longer counts against the connection's limit.
@@ -989,7 +1000,8 @@ async fn state_limits() {
     );
     assert_eq!(
         srv.client
-            .set_room_state("r", state(&[("a", "1"), ("b", "2"), ("c", "3")]), vec![]),
+            .set_room_state("r", state(&[("a", "1"), ("b", "2"), ("c", "3")]), vec![])
+            .await,
         Err(RoomError::StateTooLarge)
     );
     srv.client.publish("r", marker("refused")).unwrap();
@@ -1194,7 +1206,7 @@ async fn two_clients_are_separate_worlds_for_rooms() {
         m.r#type == "chat" || member_changed(m).is_some()
     });
     // Close in one world leaves the other alone.
-    assert_eq!(w.lobby.close_room("r", "bye"), Ok(1));
+    assert_eq!(w.lobby.close_room("r", "bye").await, Ok(1));
     assert_eq!(w.layout.rooms(), ["r"]);
 }
 
@@ -1271,9 +1283,11 @@ async fn list_replies_are_paged_and_fit_the_queue() {
     for u in users.iter().skip(1) {
         srv.client
             .join(u, "big", state(&[("bio", &two_kb)]))
+            .await
             .unwrap();
         srv.client
             .set_activity(u, Status::Online, &"d".repeat(200))
+            .await
             .unwrap();
     }
     let mut lister = Peer::connect(&srv, &users[0]).await;

@@ -1,22 +1,24 @@
 //! [`LocalBackplane`]: a cluster of one node, the default. Nothing needs
-//! recording elsewhere and there is nobody to tell, so every operation
-//! succeeds at once; the hub alone is the authority on users, rooms and
-//! activities (including the member limit and one connection per user).
+//! recording elsewhere and there is nobody to tell: the hub alone is the
+//! authority on users, rooms and activities (including the member limit and
+//! one connection per user), and [`Node`](super::Node) never calls the room
+//! and activity writes of a backplane that is not clustered.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::{Backplane, BackplaneError, Claim, ClaimError, MemberRecord};
-use crate::hub::policy::StateChange;
+use crate::hub::policy::{RoomSettings, StateChange};
 use crate::hub::rooms::RoomError;
 use crate::hub::{Hub, Payload, Topic};
+use crate::protocol::cluster::ActivityRecord;
 use crate::protocol::proto::Activity;
 
 /// A cluster of one; see the module docs.
 pub(crate) struct LocalBackplane {
-    #[allow(dead_code)] // read through `Backplane::node_id`
     node_id: String,
     /// Claims are ordered by this counter: a handshake that claimed later
     /// wins over an earlier one that registers after it.
@@ -42,15 +44,23 @@ impl Backplane for LocalBackplane {
         false
     }
 
-    async fn start(&self, _hub: Arc<Hub>) -> Result<(), BackplaneError> {
-        Ok(())
+    fn is_up(&self) -> bool {
+        true
     }
+
+    fn publish_errors(&self) -> u64 {
+        0
+    }
+
+    async fn start(&self, _hub: Arc<Hub>, _wait: Duration) {}
 
     async fn stop(&self) {}
 
     fn publish(&self, _: Topic<'_>, _: &Payload, _: &[&str]) -> Result<(), BackplaneError> {
         Ok(()) // no other node to reach
     }
+
+    fn publish_activities(&self, _: Vec<ActivityRecord>) {}
 
     async fn claim(&self, _user: &str, _conn: u64, _refuse_new: bool) -> Result<Claim, ClaimError> {
         // The registry decides conflicts and replacements here.
@@ -59,9 +69,18 @@ impl Backplane for LocalBackplane {
         })
     }
 
+    fn fenced(&self, _user: &str, _epoch: u64) -> bool {
+        false
+    }
+
     async fn release(&self, _user: &str, _conn: u64, _epoch: u64) {}
 
-    async fn room_join(&self, _: &str, _: MemberRecord<'_>, _: usize) -> Result<u64, RoomError> {
+    async fn room_join(
+        &self,
+        _: &str,
+        _: MemberRecord<'_>,
+        _: &RoomSettings,
+    ) -> Result<u64, RoomError> {
         Ok(0)
     }
 
@@ -72,17 +91,25 @@ impl Backplane for LocalBackplane {
     async fn room_update(
         &self,
         _: &str,
-        _: Option<(&str, u64)>,
+        expected: u64,
+        _: Option<MemberRecord<'_>>,
+        _: bool,
         _: &StateChange,
-    ) -> Result<u64, RoomError> {
-        Ok(0)
+    ) -> Result<Option<u64>, RoomError> {
+        Ok(Some(expected + 1))
     }
 
-    async fn room_close(&self, _: &str, _: &str) -> Result<usize, RoomError> {
-        Ok(0)
+    async fn room_close(&self, _: &str, _: &str) -> Result<(u64, usize), RoomError> {
+        Ok((0, 0))
     }
 
-    async fn activity_set(&self, _: &Activity, _: u64) -> Result<(), BackplaneError> {
-        Ok(())
+    async fn room_caught_up(&self, _: &str, _: u64) -> bool {
+        true
+    }
+
+    async fn room_unwatch(&self, _: &str) {}
+
+    async fn activity_set(&self, _: &Activity, _: u64) -> Result<bool, BackplaneError> {
+        Ok(true)
     }
 }

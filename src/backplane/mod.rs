@@ -27,15 +27,18 @@
 
 mod local;
 mod node;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::hub::policy::StateChange;
+use crate::hub::policy::{RoomSettings, StateChange};
 use crate::hub::rooms::RoomError;
 use crate::hub::{Hub, Payload, Topic};
+use crate::protocol::cluster::ActivityRecord;
 use crate::protocol::proto::Activity;
 
 pub(crate) use local::LocalBackplane;
@@ -51,7 +54,6 @@ pub(crate) struct Claim {
 }
 
 /// Why a claim was not granted.
-#[allow(dead_code)] // constructed by a clustered backplane (see `Backplane`)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ClaimError {
     /// The user is connected (somewhere) and new connections are refused.
@@ -63,7 +65,6 @@ pub(crate) enum ClaimError {
 }
 
 /// A cross-node operation could not be done.
-#[allow(dead_code)] // constructed by a clustered backplane (see `Backplane`)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum BackplaneError {
     /// The backplane cannot be reached (failed fast, not retried).
@@ -72,10 +73,10 @@ pub(crate) enum BackplaneError {
 }
 
 /// A room member as written to the backplane.
-#[allow(dead_code)] // written by a clustered backplane (see `Backplane`)
 #[derive(Debug, Clone)]
 pub(crate) struct MemberRecord<'a> {
     pub user: &'a str,
+    pub conn: u64,
     pub epoch: u64,
     pub state: &'a HashMap<String, String>,
     pub read_only: bool,
@@ -83,12 +84,11 @@ pub(crate) struct MemberRecord<'a> {
 
 /// What other nodes need; see the module docs. Every method that may wait
 /// on the network is bounded by the implementation's own timeout and fails
-/// fast with `Unavailable` rather than hang.
+/// fast (`Unavailable`) while the backplane is down, rather than hang.
 ///
-/// `start`, the room writes and `activity_set` are called by [`Node`] only
-/// when the backplane is clustered; the one implementation so far is not,
-/// hence the `dead_code` allowance until the Redis backplane lands.
-#[allow(dead_code)]
+/// The room writes return the room's new version; by the time they return,
+/// the change is (or will shortly be, see [`Backplane::room_caught_up`])
+/// applied to this node's replica through the hub.
 #[async_trait]
 pub(crate) trait Backplane: Send + Sync + 'static {
     /// This node's id, unique in the cluster.
@@ -98,13 +98,19 @@ pub(crate) trait Backplane: Send + Sync + 'static {
     /// remote step.
     fn is_clustered(&self) -> bool;
 
-    /// Starts feeding `hub` with what other nodes send (subscriptions,
-    /// liveness lease and heartbeats).
-    async fn start(&self, hub: Arc<Hub>) -> Result<(), BackplaneError>;
+    /// Whether cross-node operations can be done now.
+    fn is_up(&self) -> bool;
 
-    /// Leaves the cluster: releases this node's claims, memberships and
-    /// activities at once, so the others see the leaves now rather than
-    /// when the lease expires.
+    /// Cross-node publishes lost so far (Redis unreachable, queue full).
+    fn publish_errors(&self) -> u64;
+
+    /// Starts feeding `hub` with what other nodes send (subscriptions,
+    /// liveness lease and heartbeats). Returns once it is up, or after
+    /// `wait` (it keeps trying in the background).
+    async fn start(&self, hub: Arc<Hub>, wait: std::time::Duration);
+
+    /// Leaves the cluster: releases this node's records at once, so the
+    /// others see the leaves now rather than when the lease expires.
     async fn stop(&self);
 
     /// Hands `payload` (encoded once, here) to the other nodes that may
@@ -117,41 +123,61 @@ pub(crate) trait Backplane: Send + Sync + 'static {
         except: &[&str],
     ) -> Result<(), BackplaneError>;
 
+    /// Hands one batch window's activity changes made here to the others.
+    fn publish_activities(&self, batch: Vec<ActivityRecord>);
+
     /// Claims `user`'s one connection for connection `conn` of this node.
     /// With `refuse_new`, an owner on a live node means `Conflict` (decided
     /// atomically with the claim). Otherwise the previous owner, if on
     /// another node, is told to close exactly the connection it held.
     async fn claim(&self, user: &str, conn: u64, refuse_new: bool) -> Result<Claim, ClaimError>;
 
+    /// Whether a close for `user`'s connection with `epoch` arrived before
+    /// the connection was registered (it must then close at once, 4001).
+    fn fenced(&self, user: &str, epoch: u64) -> bool;
+
     /// Gives up the claim of `conn` (only if `epoch` is still the owner's).
     async fn release(&self, user: &str, conn: u64, epoch: u64);
 
     /// Adds (or updates) a member, atomically with the cluster-wide member
-    /// limit (`max_members`, 0 = none) and the epoch fence. Returns the
-    /// room's new version.
+    /// limit (taken from `settings` when the room is created) and the epoch
+    /// fence. Returns the room's new version.
     async fn room_join(
         &self,
         room: &str,
         member: MemberRecord<'_>,
-        max_members: usize,
+        settings: &RoomSettings,
     ) -> Result<u64, RoomError>;
 
     /// Removes a member (only if `epoch` is the member's). Returns the
     /// room's new version.
     async fn room_leave(&self, room: &str, user: &str, epoch: u64) -> Result<u64, RoomError>;
 
-    /// Applies a state change by `by` (user, epoch), or by the server.
-    /// Returns the room's new version.
+    /// Applies `change` (validated against the replica at version
+    /// `expected`) by the member `by` (its record as it will be: with
+    /// `member_part`, its new state is written too) or by the server, if
+    /// the room is still at `expected`. `Ok(None)`: it moved on meanwhile.
     async fn room_update(
         &self,
         room: &str,
-        by: Option<(&str, u64)>,
+        expected: u64,
+        by: Option<MemberRecord<'_>>,
+        member_part: bool,
         change: &StateChange,
-    ) -> Result<u64, RoomError>;
+    ) -> Result<Option<u64>, RoomError>;
 
-    /// Closes a room everywhere. Returns how many members it had.
-    async fn room_close(&self, room: &str, reason: &str) -> Result<usize, RoomError>;
+    /// Closes a room everywhere. Returns the version and how many members
+    /// it had.
+    async fn room_close(&self, room: &str, reason: &str) -> Result<(u64, usize), RoomError>;
+
+    /// Waits (bounded) until this node's replica of `room` has applied
+    /// `version`, reloading it if events were lost. Returns whether it did.
+    async fn room_caught_up(&self, room: &str, version: u64) -> bool;
+
+    /// Stops listening to `room` (no local member left).
+    async fn room_unwatch(&self, room: &str);
 
     /// Records an activity (status offline clears it), fenced by `epoch`.
-    async fn activity_set(&self, activity: &Activity, epoch: u64) -> Result<(), BackplaneError>;
+    /// `Ok(false)`: a newer connection of the user owns the activity.
+    async fn activity_set(&self, activity: &Activity, epoch: u64) -> Result<bool, BackplaneError>;
 }

@@ -24,6 +24,7 @@ mod batch;
 pub(crate) mod policy;
 pub(crate) mod presence;
 pub(crate) mod registry;
+pub(crate) mod replica;
 pub(crate) mod rooms;
 
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ use crate::error::{SendError, SendReport};
 use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::protocol::close::{code, CloseRequest, DisconnectReason};
+use crate::protocol::cluster::ActivityRecord;
 use policy::Policy;
 use presence::Presence;
 use registry::Registry;
@@ -97,6 +99,10 @@ pub(crate) trait Forward: Send + Sync {
         payload: &Payload,
         except: &[&str],
     ) -> Result<(), SendError>;
+
+    /// Hands the activities changed here during one batch window to the
+    /// other nodes (at most one call per window).
+    fn activities(&self, batch: Vec<ActivityRecord>);
 }
 
 /// The process's world; see the module docs.
@@ -109,7 +115,7 @@ pub(crate) struct Hub {
     pub policy: Policy,
     next_conn_id: AtomicU64,
     /// Installed once when other nodes can exist.
-    forward: OnceLock<Arc<dyn Forward>>,
+    pub(crate) forward: OnceLock<Arc<dyn Forward>>,
 }
 
 impl Hub {

@@ -20,6 +20,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::{Hub, Payload, Target};
 use crate::conn::Connection;
+use crate::protocol::cluster::ActivityRecord;
 use crate::protocol::codec;
 use crate::protocol::proto::message::Control;
 use crate::protocol::proto::{Activities, Activity, Status};
@@ -35,6 +36,9 @@ pub enum ActivityError {
     /// The user has no connection here.
     #[error("user is not connected")]
     NotConnected,
+    /// The backplane (Redis) cannot be reached; nothing was changed.
+    #[error("backplane unavailable")]
+    Unavailable,
 }
 
 pub(crate) type ActivityFn = dyn Fn(&Activity) + Send + Sync;
@@ -44,10 +48,11 @@ pub(crate) type ActivityFn = dyn Fn(&Activity) + Send + Sync;
 /// limit whatever the storm.
 const MAX_PER_BATCH: usize = 256;
 
-/// Who set an activity: the connection's id and ownership epoch.
+/// Who set an activity: the connection (here; `None` when on another
+/// node) and its ownership epoch.
 #[derive(Clone, Copy)]
 struct SetBy {
-    conn: u64,
+    conn: Option<u64>,
     epoch: u64,
 }
 
@@ -57,6 +62,9 @@ pub(crate) struct Presence {
     current: RwLock<BTreeMap<Arc<str>, (SetBy, Activity)>>,
     /// Changes waiting for the next batch: user → latest.
     pending: Mutex<HashMap<Arc<str>, Activity>>,
+    /// Changes made here waiting for the next batch to the other nodes
+    /// (only when there can be other nodes).
+    outgoing: Mutex<Vec<ActivityRecord>>,
     flush_scheduled: AtomicBool,
     handlers: Arc<Subscribers<ActivityFn>>,
 }
@@ -66,6 +74,7 @@ impl Presence {
         Presence {
             current: RwLock::new(BTreeMap::new()),
             pending: Mutex::new(HashMap::new()),
+            outgoing: Mutex::new(Vec::new()),
             flush_scheduled: AtomicBool::new(false),
             handlers: Subscribers::new(),
         }
@@ -137,13 +146,13 @@ impl Hub {
                 }
             } else {
                 let by = SetBy {
-                    conn: conn.id(),
+                    conn: Some(conn.id()),
                     epoch: conn.epoch(),
                 };
                 cur.insert(user.clone(), (by, activity.clone()));
             }
         }
-        self.activity_changed(user, activity);
+        self.activity_changed(user, activity, Some(conn.epoch()));
     }
 
     /// The connection ended: if it set the user's activity, the user goes
@@ -152,7 +161,7 @@ impl Hub {
         let removed = {
             let mut cur = self.presence.current.write();
             match cur.get(conn.user_id()) {
-                Some((by, _)) if by.conn == conn.id() => cur.remove(conn.user_id()).is_some(),
+                Some((by, _)) if by.conn == Some(conn.id()) => cur.remove(conn.user_id()).is_some(),
                 _ => false,
             }
         };
@@ -163,16 +172,104 @@ impl Hub {
                 detail: String::new(),
                 since_ms: codec::now_ms(),
             };
-            self.activity_changed(conn.user_key(), activity);
+            self.activity_changed(conn.user_key(), activity, Some(conn.epoch()));
         }
     }
 
-    fn activity_changed(self: &Arc<Self>, user: Arc<str>, activity: Activity) {
+    /// Activities changed on other nodes (their batches, or the offline
+    /// records of a dead node): applied unless a newer epoch of the user
+    /// set the current one, and batched to the local users like local
+    /// changes.
+    pub fn apply_remote_activities(self: &Arc<Self>, records: Vec<ActivityRecord>) {
+        for rec in records {
+            let Some(activity) = rec.activity else {
+                continue;
+            };
+            let user: Arc<str> = Arc::from(activity.user_id.as_str());
+            {
+                let mut cur = self.presence.current.write();
+                if cur.get(&*user).is_some_and(|(by, _)| by.epoch > rec.epoch) {
+                    continue;
+                }
+                if activity.status == Status::Offline as i32 {
+                    if cur.remove(&*user).is_none() {
+                        continue;
+                    }
+                } else {
+                    let by = SetBy {
+                        conn: None,
+                        epoch: rec.epoch,
+                    };
+                    cur.insert(user.clone(), (by, activity.clone()));
+                }
+            }
+            self.activity_changed(user, activity, None);
+        }
+    }
+
+    /// Replaces every activity set on other nodes with `records` (a load or
+    /// reload of the cluster's activities); differences are batched to the
+    /// local users.
+    pub fn install_presence(self: &Arc<Self>, records: Vec<ActivityRecord>) {
+        let mut fresh: HashMap<Arc<str>, ActivityRecord> = records
+            .into_iter()
+            .filter_map(|r| {
+                let user = Arc::from(r.activity.as_ref()?.user_id.as_str());
+                Some((user, r))
+            })
+            .collect();
+        let mut changes = Vec::new();
+        {
+            let cur = self.presence.current.read();
+            for (user, (by, a)) in cur.iter() {
+                match fresh.get(user) {
+                    _ if by.conn.is_some() => {
+                        fresh.remove(user); // set here: this node's is authoritative
+                    }
+                    Some(r) if r.activity.as_ref() == Some(a) => {
+                        fresh.remove(user);
+                    }
+                    Some(_) => {}
+                    None => changes.push(ActivityRecord {
+                        activity: Some(Activity {
+                            user_id: user.to_string(),
+                            status: Status::Offline as i32,
+                            detail: String::new(),
+                            since_ms: codec::now_ms(),
+                        }),
+                        node: String::new(),
+                        epoch: by.epoch,
+                    }),
+                }
+            }
+        }
+        changes.extend(fresh.into_values());
+        self.apply_remote_activities(changes);
+    }
+
+    /// The activities set by this node's connections, with their epochs
+    /// (to write them again after the cluster lost them).
+    pub fn local_activities(&self) -> Vec<(Activity, u64)> {
+        let cur = self.presence.current.read();
+        cur.values()
+            .filter(|(by, _)| by.conn.is_some())
+            .map(|(by, a)| (a.clone(), by.epoch))
+            .collect()
+    }
+
+    fn activity_changed(self: &Arc<Self>, user: Arc<str>, activity: Activity, local: Option<u64>) {
         for (_, h) in self.presence.handlers.snapshot().iter() {
             let a = &activity;
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h(a))).is_err() {
                 tracing::error!("activity handler panicked");
             }
+        }
+        if let (Some(epoch), Some(_)) = (local, self.forward.get()) {
+            self.presence.outgoing.lock().push(ActivityRecord {
+                activity: Some(activity.clone()),
+                node: String::new(),
+                epoch,
+            });
         }
         self.presence.pending.lock().insert(user, activity);
         self.schedule_flush(|h| &h.presence.flush_scheduled, Hub::flush_presence);
@@ -182,6 +279,12 @@ impl Hub {
     pub fn flush_presence(self: &Arc<Self>) {
         let p = &self.presence;
         p.flush_scheduled.store(false, Ordering::Release);
+        if let Some(f) = self.forward.get() {
+            let outgoing = std::mem::take(&mut *p.outgoing.lock());
+            if !outgoing.is_empty() {
+                f.activities(outgoing);
+            }
+        }
         let (pending, more) = {
             let mut p = p.pending.lock();
             if p.len() <= MAX_PER_BATCH {

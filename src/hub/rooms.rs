@@ -66,40 +66,58 @@ pub enum RoomError {
     /// The user has no connection here.
     #[error("user is not connected")]
     NotConnected,
+    /// The room lives in the cluster and the backplane (Redis) cannot be
+    /// reached; nothing was changed.
+    #[error("backplane unavailable")]
+    Unavailable,
 }
 
 /// Member changes carried by one `MemberChanges` frame; the rest are
 /// counted in `omitted` (bytes per member per window stay bounded).
 const MAX_BATCHED_CHANGES: usize = 32;
 
-type RoomRef = Arc<Mutex<Room>>;
+pub(super) type RoomRef = Arc<Mutex<Room>>;
 /// Coalesced member events: room → user → latest change.
 type PendingEvents = HashMap<Arc<str>, HashMap<Arc<str>, MemberChanged>>;
 /// A room's members by user id (ordered: list pages are keyed by user id).
 pub(crate) type MemberMap = BTreeMap<Arc<str>, MemberEntry>;
 
 pub(crate) struct Rooms {
-    map: RwLock<HashMap<Arc<str>, RoomRef>>,
+    pub(super) map: RwLock<HashMap<Arc<str>, RoomRef>>,
     /// Coalesced member events of large rooms.
     pending: Mutex<PendingEvents>,
     flush_scheduled: AtomicBool,
 }
 
 pub(crate) struct Room {
-    members: MemberMap,
-    state: HashMap<String, String>,
+    pub(super) members: MemberMap,
+    pub(super) state: HashMap<String, String>,
     pub settings: RoomSettings,
     /// Set when the room left the map (emptied or closed): a join that found
     /// it before that must look again.
-    gone: bool,
+    pub(super) gone: bool,
+    /// Changes applied so far. In a cluster, the room's version in Redis
+    /// (replicas apply changes in version order; see `hub::replica`).
+    pub(super) version: u64,
+}
+
+/// A room as this node holds it (see [`Rooms::local_snapshot`]).
+pub(crate) struct LocalRoom {
+    pub members: Vec<(Arc<Connection>, HashMap<String, String>, bool)>,
+    pub settings: RoomSettings,
+    pub state: HashMap<String, String>,
 }
 
 /// One member: its user id is the map's key.
 pub(crate) struct MemberEntry {
     /// The member's connection, when the member is connected to this node.
-    conn: Option<Arc<Connection>>,
-    state: HashMap<String, String>,
-    read_only: bool,
+    pub(super) conn: Option<Arc<Connection>>,
+    /// The node the member is connected to, when it is another one.
+    pub(super) node: Option<Arc<str>>,
+    /// The epoch of the member's connection (see `conn.rs`).
+    pub(super) epoch: u64,
+    pub(super) state: HashMap<String, String>,
+    pub(super) read_only: bool,
 }
 
 /// The members of `members` connected here, with their connections.
@@ -122,6 +140,16 @@ fn event(control: Control) -> Payload {
 }
 
 impl Room {
+    pub(super) fn new(settings: RoomSettings) -> Self {
+        Room {
+            members: BTreeMap::new(),
+            state: HashMap::new(),
+            settings,
+            gone: false,
+            version: 0,
+        }
+    }
+
     /// Whether `conn` itself (not another connection of its user) is a
     /// member, and read-only.
     pub fn membership_of(&self, conn: &Connection) -> Result<bool, RoomError> {
@@ -131,12 +159,33 @@ impl Room {
         }
     }
 
+    /// Changes applied so far (the cluster's version of the room).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// `user`'s member state once `change` (validated) is applied, and
+    /// whether the member is read-only; `None` when the change has no
+    /// member part or `user` is not a member.
+    pub fn member_state_after(
+        &self,
+        user: &str,
+        change: &StateChange,
+    ) -> Option<(HashMap<String, String>, bool)> {
+        if change.member_changes.is_empty() && change.member_removed.is_empty() {
+            return None;
+        }
+        let m = self.members.get(user)?;
+        let state = apply(&m.state, &change.member_changes, &change.member_removed);
+        Some((state, m.read_only))
+    }
+
     /// The members connected here, with their connections.
     pub fn local_members(&self) -> impl Iterator<Item = (&str, &Arc<Connection>)> {
         local(&self.members)
     }
 
-    fn member(&self, user: &str) -> Member {
+    pub(super) fn member(&self, user: &str) -> Member {
         Member {
             user_id: user.to_owned(),
             state: self
@@ -179,7 +228,7 @@ impl Rooms {
     }
 
     /// Drops `room` from the map if it has no members left.
-    fn drop_if_empty(&self, room: &str, room_ref: &RoomRef) {
+    pub(super) fn drop_if_empty(&self, room: &str, room_ref: &RoomRef) {
         let mut map = self.map.write();
         let mut r = room_ref.lock();
         if r.members.is_empty() && !r.gone {
@@ -188,6 +237,23 @@ impl Rooms {
                 map.remove(room);
             }
         }
+    }
+
+    /// The members of `room` connected here (connection, state,
+    /// read-only), its settings and state: what this node writes again
+    /// after the cluster lost it.
+    pub fn local_snapshot(&self, room: &str) -> Option<LocalRoom> {
+        let room_ref = self.get(room)?;
+        let r = room_ref.lock();
+        Some(LocalRoom {
+            members: r
+                .members
+                .values()
+                .filter_map(|m| Some((m.conn.clone()?, m.state.clone(), m.read_only)))
+                .collect(),
+            settings: r.settings.clone(),
+            state: r.state.clone(),
+        })
     }
 
     /// The shared state of `room`.
@@ -289,12 +355,7 @@ impl Hub {
                     (Some(r), _) => r.clone(),
                     (None, None) => continue, // dropped meanwhile: settings first
                     (None, Some(settings)) => {
-                        let r = Arc::new(Mutex::new(Room {
-                            members: BTreeMap::new(),
-                            state: HashMap::new(),
-                            settings,
-                            gone: false,
-                        }));
+                        let r = Arc::new(Mutex::new(Room::new(settings)));
                         map.insert(Arc::from(room), r.clone());
                         r
                     }
@@ -346,9 +407,12 @@ impl Hub {
             // not finished leaving) is replaced silently.
             let entry = MemberEntry {
                 conn: Some(conn.clone()),
+                node: None,
+                epoch: conn.epoch(),
                 state,
                 read_only,
             };
+            r.version += 1;
             if let Some(old) = r.members.insert(user.clone(), entry) {
                 if let Some(old) = old.conn {
                     remove_from_list(&old, room);
@@ -399,10 +463,11 @@ impl Hub {
         }
     }
 
-    fn remove_member(self: &Arc<Self>, room: &str, r: &mut Room, user: &str) {
+    pub(super) fn remove_member(self: &Arc<Self>, room: &str, r: &mut Room, user: &str) {
         let Some(entry) = r.members.remove(user) else {
             return;
         };
+        r.version += 1;
         let change = MemberChanged {
             room: room.to_owned(),
             member: Some(Member {
@@ -416,7 +481,13 @@ impl Hub {
 
     /// Sends (or, in large rooms, batches) a member event to the others,
     /// under the room's lock.
-    fn member_event(self: &Arc<Self>, room: &str, r: &Room, change: MemberChanged, subject: &str) {
+    pub(super) fn member_event(
+        self: &Arc<Self>,
+        room: &str,
+        r: &Room,
+        change: MemberChanged,
+        subject: &str,
+    ) {
         if !r.settings.member_events {
             return;
         }
@@ -485,6 +556,24 @@ impl Hub {
     ) -> Result<(), RoomError> {
         let room_ref = self.rooms.get(room).ok_or(RoomError::NotFound)?;
         let mut r = room_ref.lock();
+        let change = self.validate_change(&r, by.map(|c| &**c), change)?;
+        r.version += 1;
+        self.commit_change(room, &mut r, by.map(|c| c.user_id()), change);
+        Ok(())
+    }
+
+    /// Checks a state change against the room as it is now (`by` must be a
+    /// writable member; the server may only touch the room state) and
+    /// returns it trimmed: only existing keys are removed, each once, so a
+    /// request cannot make every member receive a megabyte of no-ops. Both
+    /// resulting maps are checked against the limits, so a refused change
+    /// changes nothing.
+    pub(crate) fn validate_change(
+        &self,
+        r: &Room,
+        by: Option<&Connection>,
+        change: StateChange,
+    ) -> Result<StateChange, RoomError> {
         if r.gone {
             return Err(RoomError::NotFound);
         }
@@ -496,30 +585,47 @@ impl Hub {
         let StateChange {
             room_changes,
             mut room_removed,
-            member_changes,
+            mut member_changes,
             mut member_removed,
         } = change;
-        // Only keys that exist can be removed (and each once): a request
-        // cannot make every member receive a megabyte of no-ops.
         dedup_existing(&mut room_removed, &r.state);
-        let member = by.and_then(|c| r.members.get(c.user_id()).map(|m| (c.user_key(), m)));
-        if let Some((_, m)) = &member {
-            dedup_existing(&mut member_removed, &m.state);
-        }
-        // Compute both new maps first so a refused change changes nothing.
-        let new_room = apply(&r.state, &room_changes, &room_removed);
-        self.check_state(&new_room)?;
-        let member_part = !member_changes.is_empty() || !member_removed.is_empty();
-        let new_member = match member {
-            Some((user, m)) if member_part => {
-                let s = apply(&m.state, &member_changes, &member_removed);
-                self.check_state(&s)?;
-                Some((user, s))
+        self.check_state(&apply(&r.state, &room_changes, &room_removed))?;
+        match by.and_then(|c| r.members.get(c.user_id())) {
+            Some(m) => {
+                dedup_existing(&mut member_removed, &m.state);
+                self.check_state(&apply(&m.state, &member_changes, &member_removed))?;
             }
-            _ => None,
-        };
+            None => {
+                member_changes.clear();
+                member_removed.clear();
+            }
+        }
+        Ok(StateChange {
+            room_changes,
+            room_removed,
+            member_changes,
+            member_removed,
+        })
+    }
+
+    /// Applies a validated change (the member part to `user`'s state) and
+    /// tells every member, under the room's lock: one `StateChanged` for the
+    /// room state, one for the member state.
+    pub(super) fn commit_change(
+        &self,
+        room: &str,
+        r: &mut Room,
+        user: Option<&str>,
+        change: StateChange,
+    ) {
+        let StateChange {
+            room_changes,
+            room_removed,
+            member_changes,
+            member_removed,
+        } = change;
         if !room_changes.is_empty() || !room_removed.is_empty() {
-            r.state = new_room;
+            r.state = apply(&r.state, &room_changes, &room_removed);
             let frame = event(Control::StateChanged(StateChanged {
                 room: room.to_owned(),
                 user_id: String::new(),
@@ -532,23 +638,25 @@ impl Hub {
             };
             let _ = self.deliver(everyone, &frame);
         }
-        if let Some((user, s)) = new_member {
-            if let Some(m) = r.members.get_mut(&*user) {
-                m.state = s;
-            }
-            let frame = event(Control::StateChanged(StateChanged {
-                room: room.to_owned(),
-                user_id: user.to_string(),
-                changes: member_changes,
-                removed: member_removed,
-            }));
-            let everyone = Target::Members {
-                members: &r.members,
-                except: None,
-            };
-            let _ = self.deliver(everyone, &frame);
+        let Some(user) = user else { return };
+        if member_changes.is_empty() && member_removed.is_empty() {
+            return;
         }
-        Ok(())
+        let Some(m) = r.members.get_mut(user) else {
+            return;
+        };
+        m.state = apply(&m.state, &member_changes, &member_removed);
+        let frame = event(Control::StateChanged(StateChanged {
+            room: room.to_owned(),
+            user_id: user.to_owned(),
+            changes: member_changes,
+            removed: member_removed,
+        }));
+        let everyone = Target::Members {
+            members: &r.members,
+            except: None,
+        };
+        let _ = self.deliver(everyone, &frame);
     }
 
     /// Closes `room`: every member gets `RoomClosed` and is out. Returns
@@ -596,7 +704,7 @@ fn dedup_existing(keys: &mut Vec<String>, state: &HashMap<String, String>) {
     keys.retain(|k| state.contains_key(k) && seen.insert(k.clone()));
 }
 
-fn remove_from_list(conn: &Connection, room: &str) {
+pub(crate) fn remove_from_list(conn: &Connection, room: &str) {
     if let Some(list) = conn.rooms.lock().as_mut() {
         if let Some(i) = list.iter().position(|r| &**r == room) {
             list.swap_remove(i);

@@ -4,6 +4,7 @@
 //! Imports nothing else of the crate.
 
 pub mod close;
+pub(crate) mod cluster;
 pub(crate) mod codec;
 pub mod proto;
 

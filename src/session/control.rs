@@ -81,6 +81,7 @@ impl From<RoomError> for ReqError {
             RoomError::TooManyRooms => Code::TooManyRooms,
             RoomError::StateTooLarge => Code::StateTooLarge,
             RoomError::NotConnected => Code::InvalidRequest,
+            RoomError::Unavailable => Code::Unavailable,
         };
         ReqError::new(code, e.to_string())
     }
@@ -91,6 +92,7 @@ impl From<ActivityError> for ReqError {
         match e {
             ActivityError::Disabled => activities_disabled(),
             ActivityError::NotConnected => ReqError::new(Code::InvalidRequest, e.to_string()),
+            ActivityError::Unavailable => ReqError::new(Code::Unavailable, e.to_string()),
         }
     }
 }
@@ -216,14 +218,14 @@ async fn dispatch(
             match hub.policy.get().on_join(conn, &j.room, &mut state).await {
                 JoinDecision::Deny(why) => Err(ReqError::new(Code::Forbidden, why)),
                 JoinDecision::Allow { read_only } => {
-                    node.join(c, &j.room, state, read_only)?;
+                    node.join(c, &j.room, state, read_only).await?;
                     Ok(None)
                 }
             }
         }
         Some(Control::Leave(l)) => {
             valid_room_name(&l.room)?;
-            node.leave(c, &l.room)?;
+            node.leave(c, &l.room).await?;
             Ok(None)
         }
         Some(Control::ListMembers(l)) => {
@@ -254,7 +256,7 @@ async fn dispatch(
                 .on_state_change(conn, &u.room, &mut change)
                 .await
                 .map_err(|why| ReqError::new(Code::Forbidden, why))?;
-            node.update_state(&u.room, Some(c), change)?;
+            node.update_state(&u.room, Some(c), change).await?;
             Ok(None)
         }
         Some(Control::SetActivity(s)) => {
@@ -266,7 +268,7 @@ async fn dispatch(
             if s.detail.len() > MAX_DETAIL_BYTES {
                 return Err(ReqError::new(Code::InvalidRequest, "detail over 256 bytes"));
             }
-            node.set_activity(c, status, s.detail)?;
+            node.set_activity(c, status, s.detail).await?;
             Ok(None)
         }
         Some(Control::ListActivities(l)) => {

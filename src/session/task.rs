@@ -441,7 +441,7 @@ async fn finish_socket(mut ws: Socket, drain: bool, limit: Duration) {
 }
 
 async fn finish(inner: &Arc<Endpoint>, conn: &Arc<Connection>, reason: DisconnectReason) {
-    inner.node.ended(conn);
+    inner.node.ended(conn).await;
     let metrics = &inner.hub().metrics;
     metrics.disconnected(reason);
     info!(%reason, "disconnected");
