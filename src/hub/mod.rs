@@ -22,9 +22,14 @@
 
 mod batch;
 pub(crate) mod policy;
+// Without the `redis` feature nothing calls the cluster half of these
+// (replicas, remote activities); the default build checks it all.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) mod presence;
 pub(crate) mod registry;
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) mod replica;
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) mod rooms;
 
 use std::net::SocketAddr;
