@@ -10,7 +10,14 @@
 //! - Every other `EDK_WS_*` variable is read by `Options::from_env()`
 //!   (e.g. `EDK_WS_KICK_OUT_NEW_USER_CONN=true`).
 //! - Messages: `echo` comes back to its sender; `broadcast` goes to every
-//!   connected user, sender included. Other types are logged at debug.
+//!   connected user, sender included; `direct` goes to the user named in its
+//!   `to` metadata (on whichever node that user is). Other types are logged
+//!   at debug.
+//! - `--redis URL` (or `EDK_WS_REDIS_URL`): several server processes sharing
+//!   one Redis behave as one server (see the README's "Scaling out").
+//! - `--admin`: `POST /admin/kick/USER`, `POST /admin/close_room/ROOM` and
+//!   `GET /admin/members/ROOM` (server-side calls, for tests and operators;
+//!   off by default, bind to loopback when on).
 //! - Rooms and presence with the default policies: anyone may join any
 //!   room, publish to it and change its state; activities are on unless
 //!   `SERVER_ONLINE_ACTIVITIES_DISABLED=true`.
@@ -35,6 +42,13 @@ struct Args {
     /// How long shutdown waits for connections to close.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_deadline: Duration,
+    /// Redis shared by the instances of one cluster (unset: this process
+    /// alone). Overrides EDK_WS_REDIS_URL.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Serve the /admin routes (server-side kick, close_room, members).
+    #[arg(long)]
+    admin: bool,
 }
 
 #[tokio::main]
@@ -47,13 +61,16 @@ async fn main() -> ExitCode {
         .init();
     let args = Args::parse();
 
-    let options = match Options::from_env() {
+    let mut options = match Options::from_env() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(url) = args.redis.clone() {
+        options.redis_url = Some(url);
+    }
     let (secret, dev_mode) = match std::env::var("EDK_WS_JWT_SECRET") {
         Ok(s) if !s.is_empty() => (s.into_bytes(), false),
         _ => {
@@ -63,7 +80,17 @@ async fn main() -> ExitCode {
         }
     };
     let jwt = JwtAuthenticator::new(&secret);
-    let client = WsClient::new(options, jwt.clone());
+    let clustered = options.redis_url.is_some();
+    let client = match WsClient::connect(options, jwt.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if clustered {
+        info!(node = client.node_id(), "clustered over Redis");
+    }
 
     let c = client.clone();
     client.subscribe_message_handler(move |conn, msg| {
@@ -83,6 +110,12 @@ async fn main() -> ExitCode {
                         warn!(failed = report.failed.len(), "broadcast partly failed");
                     }
                 }
+                "direct" => {
+                    let to = msg.metadata.get("to").cloned().unwrap_or_default();
+                    if let Err(e) = c.send(&to, msg) {
+                        debug!(error = %e, to, "direct message not delivered");
+                    }
+                }
                 other => debug!(r#type = other, user = conn.user_id(), "ignored message"),
             }
         }
@@ -96,7 +129,8 @@ async fn main() -> ExitCode {
     let routes = warp::path("ws")
         .and(warp::path::end())
         .and(client.handler())
-        .or(health);
+        .or(health)
+        .or(admin_routes(client.clone(), args.admin));
 
     let listener = match edk_ws::bind(args.addr) {
         Ok(l) => l,
@@ -144,6 +178,61 @@ async fn main() -> ExitCode {
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     ExitCode::SUCCESS
+}
+
+/// Server-side calls over HTTP, for tests and operators (`--admin` only).
+fn admin_routes(
+    client: WsClient,
+    enabled: bool,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    use warp::http::StatusCode;
+    use warp::Reply;
+    let on = warp::any().and_then(move || async move {
+        if enabled {
+            Ok(())
+        } else {
+            Err(warp::reject::not_found())
+        }
+    });
+    let with = move || {
+        let c = client.clone();
+        warp::any().map(move || c.clone())
+    };
+    let kick = warp::post()
+        .and(warp::path!("admin" / "kick" / String))
+        .and(with())
+        .map(
+            |user: String, c: WsClient| match c.kick(&user, "kicked by admin") {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(e) => {
+                    warp::reply::with_status(e.to_string(), StatusCode::NOT_FOUND).into_response()
+                }
+            },
+        );
+    let close = warp::post()
+        .and(warp::path!("admin" / "close_room" / String))
+        .and(with())
+        .then(|room: String, c: WsClient| async move {
+            match c.close_room(&room, "closed by admin").await {
+                Ok(n) => n.to_string().into_response(),
+                Err(e) => {
+                    warp::reply::with_status(e.to_string(), StatusCode::NOT_FOUND).into_response()
+                }
+            }
+        });
+    let members = warp::get()
+        .and(warp::path!("admin" / "members" / String))
+        .and(with())
+        .map(|room: String, c: WsClient| match c.members(&room) {
+            Some(m) => {
+                let mut users: Vec<String> = m.members.into_iter().map(|m| m.user_id).collect();
+                users.sort();
+                users.join("\n").into_response()
+            }
+            None => StatusCode::NOT_FOUND.into_response(),
+        });
+    on.and(kick.or(close).unify().or(members).unify())
+        .map(|(), r| r)
 }
 
 async fn shutdown_signal() {

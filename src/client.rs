@@ -473,6 +473,9 @@ impl WsClient {
         let (inner, hub) = (&self.inner, self.hub());
         let conns = hub.registry.close();
         tracing::info!(connections = conns.len(), "shutting down");
+        // In a cluster, release this node's users, members and activities
+        // first: the other nodes see the leaves now, not after the closes.
+        self.node().stop().await;
         for c in &conns {
             c.request_close(CloseRequest::new(
                 code::GOING_AWAY,
@@ -493,7 +496,6 @@ impl WsClient {
             });
             tracing::warn!(unfinished, "shutdown deadline passed: cutting connections");
         }
-        self.node().stop().await;
         ShutdownReport {
             closed: conns.len(),
             unfinished,

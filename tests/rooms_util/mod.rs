@@ -227,6 +227,27 @@ impl Peer {
         }
     }
 
+    /// The next frame (kept ones first), waiting up to `within` (longer
+    /// than [`WAIT`] when a test expects a long quiet spell).
+    pub async fn next_within(&mut self, within: Duration) -> Message {
+        use futures::StreamExt;
+        use prost::Message as _;
+        use tokio_tungstenite::tungstenite::Message as WsMessage;
+        if let Some(m) = self.stash.pop_front() {
+            return m;
+        }
+        loop {
+            let item = tokio::time::timeout(within, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("{}: nothing within {within:?}", self.user));
+            match item {
+                Some(Ok(WsMessage::Binary(b))) => return Message::decode(b).expect("a Message"),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                other => panic!("{}: expected a message, got {other:?}", self.user),
+            }
+        }
+    }
+
     /// The first frame (kept or new) matching `pred`; frames read on the way
     /// are kept for later.
     pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Message) -> bool) -> Message {

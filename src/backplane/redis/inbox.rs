@@ -95,9 +95,6 @@ fn handle(s: &Arc<Shared>, env: Envelope) {
                 .collect();
             hub.apply_remote_activities(records);
         }
-        Some(Body::NodeBye(b)) if !own => {
-            s.live.write().retain(|n| *n != b.node);
-        }
         _ => {}
     }
 }
@@ -106,6 +103,13 @@ fn handle(s: &Arc<Shared>, env: Envelope) {
 /// (no node named: a kick) whichever connection the user has.
 fn close(s: &Shared, c: cluster::Close) {
     let Some(hub) = s.hub() else { return };
+    debug!(
+        user = c.user,
+        node = c.node,
+        conn = c.conn,
+        epoch = c.epoch,
+        "close from another node"
+    );
     let reason = if c.code == u32::from(crate::protocol::close::code::KICKED) {
         DisconnectReason::Kicked
     } else {
@@ -165,6 +169,7 @@ pub(super) fn apply_room_event(
         Some(room_event::Change::Reaped(r)) => hub.apply_reap(&room, &r.node, version),
         None => Applied::Already,
     };
+    debug!(room, version, origin, ?applied, "room event");
     if applied == Applied::Gap {
         debug!(
             room,

@@ -185,30 +185,41 @@ async fn announce(s: &Arc<Shared>) -> Result<(), crate::backplane::BackplaneErro
                 .await?;
         }
     }
+    let mut records = Vec::new();
     for (activity, epoch) in hub.local_activities() {
         use crate::backplane::Backplane as _;
         backplane.activity_set(&activity, epoch).await?;
+        records.push(ActivityRecord {
+            activity: Some(activity),
+            node: String::new(),
+            epoch,
+        });
+    }
+    // The others may have reloaded before this: tell them, too.
+    if !records.is_empty() {
+        use crate::backplane::Backplane as _;
+        backplane.publish_activities(records);
     }
     Ok(())
 }
 
 /// One heartbeat: refreshes this node in the node table and learns which
-/// nodes are alive; announces this node if it had been reaped.
+/// nodes are dead; announces this node if it had been reaped.
 async fn beat(s: &Arc<Shared>) -> Result<Vec<String>, crate::backplane::BackplaneError> {
     let nodes = s.keys.nodes();
     let (node, lease) = (s.node.clone(), s.lease.as_millis() as u64);
-    let (new, live, dead) = s
+    let (new, dead) = s
         .link
         .call(|mut con| async move {
             scripts::HEARTBEAT
                 .key(&nodes)
                 .arg(&*node)
                 .arg(lease)
-                .invoke_async::<(i64, Vec<String>, Vec<String>)>(&mut con)
+                .invoke_async::<(i64, Vec<String>)>(&mut con)
                 .await
         })
         .await?;
-    *s.live.write() = live;
+    *s.dead.write() = dead.clone();
     let first = !s.announced.swap(true, Ordering::AcqRel);
     if new == 1 && !first {
         warn!("this node was taken for dead (reaped): announcing it again");
@@ -371,7 +382,7 @@ async fn reap(
             hub.apply_remote_activities(offline.clone());
         }
     }
-    s.live.write().retain(|n| n != node);
+    s.dead.write().retain(|n| n != node);
     info!(
         node,
         users = users.len(),

@@ -102,8 +102,9 @@ pub(crate) struct Shared {
     loading: Mutex<HashMap<String, Buffered>>,
     /// Writers waiting for a room's replica to reach a version.
     waiters: Mutex<HashMap<String, Waiters>>,
-    /// Live nodes, from the last heartbeat.
-    live: RwLock<Vec<String>>,
+    /// Nodes whose lease ran out and that are not reaped yet, from the
+    /// last heartbeat.
+    dead: RwLock<Vec<String>>,
     /// Redis's incarnation when last seen: a new one means it lost its data.
     incarnation: Mutex<Option<String>>,
     cleanups: Mutex<Vec<Cleanup>>,
@@ -144,7 +145,7 @@ impl RedisBackplane {
                 watched: Mutex::new(HashSet::new()),
                 loading: Mutex::new(HashMap::new()),
                 waiters: Mutex::new(HashMap::new()),
-                live: RwLock::new(vec![node]),
+                dead: RwLock::new(Vec::new()),
                 incarnation: Mutex::new(None),
                 cleanups: Mutex::new(Vec::new()),
                 started: AtomicBool::new(false),
@@ -458,14 +459,14 @@ impl Backplane for RedisBackplane {
         let watched = s.link.watch(&channel, true).await;
         let claimed = match watched {
             Ok(()) => {
-                let live = s.live.read().clone();
+                let dead = s.dead.read().clone();
                 let own = s.keys.owner(user);
                 let node = s.node.clone();
                 s.link
                     .call(|mut con| async move {
                         let mut inv = scripts::CLAIM.key(&own);
                         inv.arg(&*node).arg(conn).arg(u8::from(refuse_new));
-                        for n in &live {
+                        for n in &dead {
                             inv.arg(n);
                         }
                         inv.invoke_async::<(String, String, String, String)>(&mut con)
@@ -489,6 +490,7 @@ impl Backplane for RedisBackplane {
             }
         };
         let epoch: u64 = epoch.parse().unwrap_or(0);
+        tracing::debug!(user, conn, epoch, prev_node, prev_conn, prev_epoch, "claimed");
         let users = s.keys.node_users(&s.node);
         let u = user.to_owned();
         let _ = s
@@ -501,8 +503,8 @@ impl Backplane for RedisBackplane {
                     .await
             })
             .await;
-        let alive = s.live.read().contains(&prev_node);
-        if !prev_node.is_empty() && *prev_node != *s.node && alive {
+        // Told even if it may be dead: a close to a dead node is harmless.
+        if !prev_node.is_empty() && *prev_node != *s.node {
             let bytes = s.envelope(Body::Close(cluster::Close {
                 user: user.to_owned(),
                 node: prev_node,

@@ -28,19 +28,21 @@ fn script(body: &str) -> Script {
 }
 
 /// Claims a user's one connection.
-/// KEYS: own. ARGV: node, conn, refuse_new (1/0), live nodes….
+/// KEYS: own. ARGV: node, conn, refuse_new (1/0), dead nodes….
 /// Returns `{'-1', '', '', ''}` (conflict: refuse mode and the owner's node
-/// is alive), or `{epoch, previous node, previous conn, previous epoch}`,
-/// all as strings.
+/// is not known dead — a node that just started counts as alive), or
+/// `{epoch, previous node, previous conn, previous epoch}`, all as strings.
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local own = KEYS[1]
 local owner = redis.call('HGET', own, 'node')
 if ARGV[3] == '1' and owner then
+  local dead = false
   for i = 4, #ARGV do
-    if ARGV[i] == owner then return {'-1', '', '', ''} end
+    if ARGV[i] == owner then dead = true end
   end
+  if not dead then return {'-1', '', '', ''} end
 end
 local prev_conn = redis.call('HGET', own, 'conn') or ''
 local prev_epoch = redis.call('HGET', own, 'epoch') or '0'
@@ -86,9 +88,10 @@ return 1
 });
 
 /// A node's heartbeat on the node table (a sorted set by last beat, Redis's
-/// clock). KEYS: nodes. ARGV: node, lease ms. Returns `{new (1/0), live
-/// nodes, dead nodes}`: `new` means this node was not in the table (its
-/// first beat, or it was reaped while alive and must announce itself).
+/// clock). KEYS: nodes. ARGV: node, lease ms. Returns `{new (1/0), dead
+/// nodes}`: `new` means this node was not in the table (its first beat, or
+/// it was reaped while alive and must announce itself); dead nodes are
+/// those whose last beat is older than the lease.
 pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -96,9 +99,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local new = redis.call('ZADD', KEYS[1], now, ARGV[1])
 local since = now - tonumber(ARGV[2])
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf')
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. since)
-return {new, live, dead}
+return {new, dead}
 "#,
     )
 });
