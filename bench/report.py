@@ -18,7 +18,9 @@ cmds = {}
 for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
     with open(path) as f:
         d = json.load(f)
-    key = (os.path.basename(path).rsplit("-", 2)[0], d["label"])
+    # Files are SCENARIO-TARGET-REP.json; scenario and target may contain '-'.
+    stem = os.path.basename(path)[:-5].rsplit("-", 1)[0]
+    key = (stem[: -len(d["label"]) - 1] if stem.endswith("-" + d["label"]) else stem, d["label"])
     runs.setdefault(key, []).append(d["result"])
     cmd_path = path[:-5] + ".cmd"
     if os.path.exists(cmd_path) and key not in cmds:
@@ -72,8 +74,8 @@ def sh(cmd):
         return "?"
 
 
-TARGETS = [t for t in ["edk", "bare", "node"] if any(k[1] == t for k in runs)]
-NAMES = {"edk": "edk-ws", "bare": "bare tokio-tungstenite", "node": "Node ws"}
+TARGETS = [t for t in ["edk", "edk-old", "bare", "node"] if any(k[1] == t for k in runs)]
+NAMES = {"edk": "edk-ws", "edk-old": "edk-ws (old build)", "bare": "bare tokio-tungstenite", "node": "Node ws"}
 reps = max((len(v) for v in runs.values()), default=0)
 
 out = []
@@ -93,11 +95,21 @@ mem = sh("free -h | awk '/Mem:/ {print $2}'")
 p(f"- CPU: {cpu} × {os.cpu_count()} cores")
 p(f"- Memory: {mem}; kernel {platform.release()}")
 p(f"- Rust: {sh('rustc --version')}; Node: {sh('node --version') or 'n/a'}")
+loads = [os.path.join(results_dir, f"loadavg-{w}.txt") for w in ("before", "after")]
+if all(os.path.exists(f) for f in loads):
+    before, after = (open(f).read().strip() for f in loads)
+    p(f"- Load average (1, 5, 15 min) before the run: {before}; after: {after}")
 p("")
 p("Servers: **edk-ws** = `examples/server.rs` with default options (JWT auth, rooms and "
   "presence on, member events on); **bare** = `examples/bare_server.rs` (tokio-tungstenite, "
   "same buffers and coalescing writer, no auth, no protobuf); **Node ws** = "
   "`bench/node/server.js` (ws 8, no compression).")
+if "edk-old" in TARGETS:
+    p("")
+    p(f"**edk-ws (old build)** = `{os.environ.get('EDK_OLD_BIN', '?')}`, the same example server "
+      "built from another checkout, same options, driven by this checkout's load tool. Its rows "
+      "compare old and new: new/old is the ratio of medians; \"within spread\" says whether the "
+      "medians differ by no more than the run-to-run spread (max − min) of either build's runs.")
 p("")
 
 sections = [
@@ -131,8 +143,20 @@ for scn, title, cols, key, lower_better in sections:
     for t in TARGETS:
         p(f"| {NAMES[t]} | " + " | ".join(cell(scn, t, c[1], c[2]) for c in cols) + " |")
     ours = med(scn, "edk", key)
+    if "edk-old" in TARGETS:
+        for _, metric, _ in cols:
+            new_v, old_v = values(scn, "edk", metric), values(scn, "edk-old", metric)
+            if not new_v or not old_v or metric in ("missing", "failures", "settled"):
+                continue
+            nm, om = statistics.median(new_v), statistics.median(old_v)
+            spread = max(max(old_v) - min(old_v), max(new_v) - min(new_v))
+            inside = abs(nm - om) <= spread
+            r = f"{nm / om:.3f}×" if om else "—"
+            p(f"\nedk-ws new/old on `{metric}`: **{r}** (new {fmt(nm)}, {fmt(min(new_v))}–{fmt(max(new_v))};"
+              f" old {fmt(om)}, {fmt(min(old_v))}–{fmt(max(old_v))}); within spread: {'yes' if inside else 'no'}"
+              f" (|Δ| {fmt(abs(nm - om))}, spread {fmt(spread)})")
     for t in TARGETS:
-        if t == "edk":
+        if t in ("edk", "edk-old"):
             continue
         r = ratio(ours, med(scn, t, key), invert=lower_better)
         if r is not None:

@@ -105,6 +105,10 @@ enum Scenario {
         size: usize,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Echoes per connection, then close (0: connect and close); the
+        /// duration still bounds the run.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+        messages: Option<u64>,
     },
     /// N members of one room and a publisher.
     Fanout {
@@ -338,6 +342,7 @@ async fn echo(
     conns: usize,
     size: usize,
     duration: Duration,
+    messages: Option<u64>,
 ) -> Result<serde_json::Value, String> {
     let reqs = ctx.requests("echo", conns)?;
     let socks = open_all(&ctx, reqs, "connecting").await?;
@@ -353,7 +358,7 @@ async fn echo(
             barrier.wait().await;
             let end = tokio::time::Instant::now() + duration;
             let mut seq = 0u64;
-            while tokio::time::Instant::now() < end {
+            while tokio::time::Instant::now() < end && messages.is_none_or(|n| seq < n) {
                 seq += 1;
                 let sent = Instant::now();
                 let m = Message {
@@ -838,7 +843,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             conns,
             size,
             duration,
-        } => ("echo", echo(ctx, conns, size, duration).await?),
+            messages,
+        } => ("echo", echo(ctx, conns, size, duration, messages).await?),
         Scenario::Fanout {
             members,
             rate,
