@@ -59,6 +59,7 @@
 //! [`DisconnectReason`].
 #![warn(missing_docs)]
 
+mod asyncapi;
 mod auth;
 mod backplane;
 mod client;
@@ -69,6 +70,8 @@ mod io;
 mod logs;
 mod metrics;
 mod options;
+#[cfg(feature = "prometheus")]
+mod prometheus;
 mod protocol;
 mod session;
 mod subscribers;
@@ -82,11 +85,21 @@ pub use hub::policy::{AllowAll, JoinDecision, RoomPolicy, RoomSettings, StateCha
 pub use hub::presence::ActivityError;
 pub use hub::rooms::RoomError;
 pub use io::bind;
-pub use metrics::{DisconnectCounts, MetricsSnapshot, RefusedCounts};
+pub use metrics::{
+    DisconnectCounts, HandlingDurations, HistogramSnapshot, MetricsSnapshot, RefusedCounts,
+    SendFailureCounts,
+};
 pub use options::{Options, OptionsError};
+/// Re-exported (feature `prometheus`): `WsClient::register_metrics` takes
+/// its `Registry`.
+#[cfg(feature = "prometheus")]
+pub use prometheus_client;
+/// Re-exported: typed routes take `prost_reflect::ReflectMessage` types.
+pub use prost_reflect;
 pub use protocol::close::{self, DisconnectReason};
 pub use protocol::proto::{self, Activity, Member, Members, Message, Status};
 pub use protocol::PROTOCOL;
+pub use session::routes::RouteError;
 pub use subscribers::Subscription;
 
 /// Support for the criterion benches (`benches/`), behind the `bench`
