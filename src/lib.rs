@@ -31,9 +31,16 @@
 //!    `timestamp_ms`; back in `on_frame`, a message with `control` or
 //!    `room` set goes to
 //! 4. `session/control.rs` — `handle`: rate limit, policy hooks, the hub,
-//!    and exactly one reply per request id; any other message goes to
+//!    and exactly one reply per request id; a message whose `type` has a
+//!    typed route goes to `session/routes.rs` (decoded as the app's prost
+//!    type, answered with the same id); any other message goes to
 //! 5. `session/handlers.rs` — `on_message`: the application's handlers, in
 //!    subscription order, each isolated from panics.
+//!
+//! The protocol's reference is `proto/ws.proto`; [`WsClient::asyncapi`]
+//! returns the AsyncAPI document generated from it. Counters:
+//! [`WsClient::metrics`], and Prometheus with the `prometheus` feature
+//! (`WsClient::register_metrics`).
 //!
 //! ## Tracing a message out (5 files)
 //!
@@ -108,6 +115,29 @@ pub use subscribers::Subscription;
 #[doc(hidden)]
 pub mod bench {
     pub use crate::protocol::codec::{decode_inbound, encode_outbound};
+
+    /// The reader's per-message counting, as `session::task` does it.
+    #[derive(Default)]
+    pub struct Counters(crate::metrics::Metrics);
+
+    impl Counters {
+        /// One frame of `bytes` received, with the sampling decision of the
+        /// handling time (the clock is read only when sampled).
+        #[inline]
+        pub fn received(&self, bytes: usize) {
+            let slot = self.0.hot.slot();
+            slot.received(bytes);
+            if slot.sample() {
+                let t = std::time::Instant::now();
+                slot.handled(crate::metrics::Handling::Handlers, t.elapsed());
+            }
+        }
+
+        /// Messages counted so far (summed over threads).
+        pub fn messages_in(&self) -> u64 {
+            self.0.snapshot().messages_in
+        }
+    }
 }
 
 /// The README's examples, compiled as doctests.

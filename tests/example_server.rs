@@ -222,10 +222,8 @@ async fn metrics_after_real_traffic_match_what_the_clients_did() {
     let deadline = tokio::time::Instant::now() + WAIT;
     let m = loop {
         let m = scrape(srv.addr).await;
-        if m.get(&format!(
-            "edk_ws_disconnects_total{{namespace=\"ws\",reason=\"protocol_error\"}}"
-        )) == Some(&1.0)
-        {
+        let key = "edk_ws_disconnects_total{namespace=\"ws\",reason=\"protocol_error\"}";
+        if m.get(key) == Some(&1.0) {
             break m;
         }
         assert!(

@@ -140,7 +140,13 @@ mod reference {
         for (c, p) in ours {
             assert_eq!(i32::from(c), p as i32, "{p:?}");
         }
-        let listed = (1..5000).filter(|n| CloseCode::try_from(*n).is_ok()).count();
-        assert_eq!(listed, ours.len(), "ws.proto lists a close code the server lacks");
+        let listed = (1..5000)
+            .filter(|n| CloseCode::try_from(*n).is_ok())
+            .count();
+        assert_eq!(
+            listed,
+            ours.len(),
+            "ws.proto lists a close code the server lacks"
+        );
     }
 }
