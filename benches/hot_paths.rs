@@ -144,5 +144,57 @@ fn room_publish(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, encode_broadcast, send_lookup, room_publish);
+criterion_group!(
+    benches,
+    decode,
+    encode_broadcast,
+    send_lookup,
+    room_publish,
+    counters
+);
 criterion_main!(benches);
+
+/// Counting one inbound message, as the reader does (per-thread slot, the
+/// handling time sampled 1 in 16), beside the shared atomics it replaced
+/// (two `fetch_add` on counters every core writes) and a clock read per
+/// message; alone, and while another thread counts on the same endpoint
+/// (the contended case: 2 cores here).
+fn counters(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let mut g = c.benchmark_group("count_message_in");
+    g.throughput(Throughput::Elements(1));
+    let per_thread = edk_ws::bench::Counters::default();
+    let shared = (AtomicU64::new(0), AtomicU64::new(0));
+    let shared_count = |s: &(AtomicU64, AtomicU64)| {
+        s.0.fetch_add(1, Relaxed);
+        s.1.fetch_add(64, Relaxed);
+    };
+    for contended in [false, true] {
+        let tag = if contended { "contended" } else { "alone" };
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            if contended {
+                scope.spawn(|| {
+                    while !stop.load(Relaxed) {
+                        for _ in 0..1024 {
+                            per_thread.received(64);
+                            shared_count(&shared);
+                        }
+                    }
+                });
+            }
+            g.bench_function(BenchmarkId::new("per_thread_sampled", tag), |b| {
+                b.iter(|| per_thread.received(black_box(64)))
+            });
+            g.bench_function(BenchmarkId::new("baseline_shared_atomics", tag), |b| {
+                b.iter(|| shared_count(black_box(&shared)))
+            });
+            g.bench_function(BenchmarkId::new("baseline_clock_every_message", tag), |b| {
+                b.iter(|| black_box(std::time::Instant::now()).elapsed())
+            });
+            stop.store(true, Relaxed);
+        });
+    }
+    g.finish();
+    black_box(per_thread.messages_in());
+}

@@ -1,5 +1,6 @@
 //! The example server: edk-ws mounted at `/ws` in a warp service, with
-//! `GET /healthz`.
+//! `GET /healthz`, `GET /metrics` (Prometheus text), `GET /asyncapi.json`
+//! (the endpoint's AsyncAPI document) and `GET /docs` (the same, as a page).
 //!
 //! ```text
 //! cargo run --release --example server -- --addr 127.0.0.1:8080
@@ -18,17 +19,30 @@
 //! - `--admin`: `POST /admin/kick/USER`, `POST /admin/close_room/ROOM` and
 //!   `GET /admin/members/ROOM` (server-side calls, for tests and operators;
 //!   off by default, bind to loopback when on).
+//! - A typed route with the application's own `.proto`
+//!   (`proto/examples/chat.proto`): `chat.send` (`SendRequest` → `SendReply`;
+//!   every connected user gets a `chat.line` message with a `Line`), and
+//!   `chat.typing` (fire-and-forget).
+//! - `--print-asyncapi`: print the AsyncAPI document and exit (CI validates it).
 //! - Rooms and presence with the default policies: anyone may join any
 //!   room, publish to it and change its state; activities are on unless
 //!   `SERVER_ONLINE_ACTIVITIES_DISABLED=true`.
 //! - SIGINT/SIGTERM: clients get close 1001, then the process exits.
 
+#[path = "app/chat.rs"]
+mod chat;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use edk_ws::{JwtAuthenticator, Options, WsClient};
+use edk_ws::prometheus_client::registry::Registry;
+use edk_ws::proto::error::Code;
+use edk_ws::{JwtAuthenticator, Message, Options, RouteError, WsClient};
+use prost::Message as _;
 use rand::Rng;
 use tracing::{debug, info, warn};
 use warp::Filter;
@@ -49,6 +63,9 @@ struct Args {
     /// Serve the /admin routes (server-side kick, close_room, members).
     #[arg(long)]
     admin: bool,
+    /// Print the endpoint's AsyncAPI document (JSON) and exit.
+    #[arg(long)]
+    print_asyncapi: bool,
 }
 
 #[tokio::main]
@@ -121,15 +138,58 @@ async fn main() -> ExitCode {
         }
     });
 
+    add_chat(&client);
+    if args.print_asyncapi {
+        println!("{}", client.asyncapi());
+        return ExitCode::SUCCESS;
+    }
+
     client.subscribe_activity_handler(|a| {
         debug!(user = %a.user_id, status = a.status, detail = %a.detail, "activity changed");
     });
 
     let health = warp::path("healthz").and(warp::path::end()).map(|| "ok");
+    let mut registry = Registry::default();
+    client.register_metrics(&mut registry);
+    let registry = Arc::new(registry);
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(move || {
+            let mut text = String::new();
+            match edk_ws::prometheus_client::encoding::text::encode(&mut text, &registry) {
+                Ok(()) => warp::http::Response::builder()
+                    .header(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                    .body(text),
+                Err(_) => warp::http::Response::builder()
+                    .status(500)
+                    .body("metrics encoding failed".to_owned()),
+            }
+        });
+    let c = client.clone();
+    let asyncapi = warp::path("asyncapi.json")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(move || {
+            warp::http::Response::builder()
+                .header("content-type", "application/json")
+                .body(c.asyncapi())
+        });
+    let c = client.clone();
+    let docs = warp::path("docs")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(move || warp::reply::html(c.asyncapi_html()));
     let routes = warp::path("ws")
         .and(warp::path::end())
         .and(client.handler())
         .or(health)
+        .or(metrics)
+        .or(asyncapi)
+        .or(docs)
         .or(admin_routes(client.clone(), args.admin));
 
     let listener = match edk_ws::bind(args.addr) {
@@ -143,7 +203,9 @@ async fn main() -> ExitCode {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    info!(%addr, "listening: ws://{addr}/ws, http://{addr}/healthz");
+    info!(%addr, "listening: ws://{addr}/ws, http://{addr}/docs, http://{addr}/metrics");
+    // For scripts and tests that bind port 0.
+    println!("listening on {addr}");
     if dev_mode {
         warn!("EDK_WS_JWT_SECRET is not set: DEVELOPMENT MODE with a random secret");
         match jwt.issue("demo", Duration::from_secs(24 * 3600)) {
@@ -233,6 +295,49 @@ fn admin_routes(
         });
     on.and(kick.or(close).unify().or(members).unify())
         .map(|(), r| r)
+}
+
+/// The typed routes of the example chat: `chat.send` (a reply with the
+/// line's number; every connected user gets the line as `chat.line`) and
+/// `chat.typing` (fire-and-forget, logged).
+fn add_chat(client: &WsClient) {
+    let seq = Arc::new(AtomicU64::new(0));
+    let c = client.clone();
+    client.route("chat.send", move |conn, req: chat::SendRequest| {
+        let (c, seq) = (c.clone(), seq.clone());
+        async move {
+            let n = req.text.chars().count();
+            if n == 0 || n > 500 {
+                return Err(RouteError::new(
+                    Code::InvalidRequest,
+                    "text must be 1 to 500 characters",
+                ));
+            }
+            let seq = seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let line = chat::Line {
+                seq,
+                from: conn.user_id().to_owned(),
+                text: req.text,
+            };
+            let report = c.broadcast(Message {
+                r#type: "chat.line".into(),
+                payload: line.encode_to_vec().into(),
+                sender: conn.user_id().to_owned(),
+                ..Default::default()
+            });
+            if !report.is_complete() {
+                warn!(
+                    failed = report.failed.len(),
+                    "chat line not delivered to everyone"
+                );
+            }
+            Ok(chat::SendReply { seq })
+        }
+    });
+    client.route_no_reply("chat.typing", |conn, t: chat::Typing| async move {
+        debug!(user = conn.user_id(), active = t.active, "typing");
+        Ok(())
+    });
 }
 
 async fn shutdown_signal() {

@@ -23,6 +23,7 @@ use crate::options::Options;
 use crate::protocol::close::{code, CloseRequest, DisconnectReason};
 use crate::protocol::codec;
 use crate::protocol::proto::{Activity, Members, Message, Status};
+use crate::session::routes::{Route, RouteError};
 use crate::session::{handshake, Endpoint};
 use crate::subscribers::Subscription;
 
@@ -206,6 +207,63 @@ impl WsClient {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.inner.handlers.add_message(handler)
+    }
+
+    /// Routes the messages of type `name` to `handler`, typed: the payload
+    /// is decoded as the application's prost message `Req`, and the
+    /// handler's `Ok(Resp)` is sent back to the requesting connection as a
+    /// `Message` with the request's `id` and `type` and `Resp` encoded in
+    /// `payload`. `Err(RouteError)` is sent as an `Error` (its code and
+    /// message, the request's id); a payload that does not decode as `Req`
+    /// gets `Error{INVALID_REQUEST}` and the connection stays open; a
+    /// panicking handler gets `Error{INTERNAL}` (and is counted).
+    ///
+    /// **Order.** A message with `control` or `room` set goes to the module;
+    /// otherwise a message whose `type` has a route goes to that route
+    /// only; every other message goes to the message handlers. Like them, a
+    /// route handles one connection's messages in arrival order (the next
+    /// is read when it is done).
+    ///
+    /// `Req` and `Resp` carry their descriptors ([`prost_reflect::ReflectMessage`],
+    /// e.g. `#[derive(ReflectMessage)]` on the prost types), so
+    /// [`asyncapi`](WsClient::asyncapi) documents the route with their
+    /// schemas. Routing `name` again replaces the route.
+    ///
+    /// ```ignore
+    /// client.route("chat.send", |conn, req: SendRequest| async move {
+    ///     Ok(SendReply { seq: 1 })
+    /// });
+    /// ```
+    pub fn route<Req, Resp, F, Fut>(&self, name: &str, handler: F)
+    where
+        Req: prost_reflect::ReflectMessage + Default + 'static,
+        Resp: prost_reflect::ReflectMessage + Default + 'static,
+        F: Fn(Conn, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, RouteError>> + Send + 'static,
+    {
+        self.inner
+            .routes
+            .insert(Route::with_reply::<Req, Resp, F, Fut>(name, handler));
+    }
+
+    /// Like [`route`](WsClient::route), for fire-and-forget messages:
+    /// nothing is sent back on `Ok(())`; an undecodable payload or an
+    /// `Err` still gets its `Error` (with the request's id).
+    pub fn route_no_reply<Req, F, Fut>(&self, name: &str, handler: F)
+    where
+        Req: prost_reflect::ReflectMessage + Default + 'static,
+        F: Fn(Conn, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RouteError>> + Send + 'static,
+    {
+        self.inner
+            .routes
+            .insert(Route::without_reply::<Req, F, Fut>(name, handler));
+    }
+
+    /// Removes the route of `name`: its messages go to the message
+    /// handlers again. `false` if there was none.
+    pub fn remove_route(&self, name: &str) -> bool {
+        self.inner.routes.remove(name)
     }
 
     /// Subscribes a disconnect handler: it runs exactly once per accepted
@@ -453,13 +511,84 @@ impl WsClient {
         self.hub().presence.subscribe(Arc::new(handler))
     }
 
-    /// The counters.
+    /// The counters, and the hub's gauges now (rooms, memberships,
+    /// activities, send queues: read from every connection, so a call costs
+    /// one short lock per connection).
     pub fn metrics(&self) -> MetricsSnapshot {
-        let mut m = self.hub().metrics.snapshot();
-        let b = self.node().backplane();
-        m.backplane_down = b.is_clustered() && !b.is_up();
-        m.backplane_publish_errors = b.publish_errors();
-        m
+        snapshot(&self.inner)
+    }
+
+    /// Registers this endpoint's metrics with a Prometheus registry (feature
+    /// `prometheus`): read at scrape time, labelled `namespace` =
+    /// [`Options::metrics_namespace`] (by default the mount path without its
+    /// slashes). For several endpoints in one registry use
+    /// [`register_metrics_of`](WsClient::register_metrics_of), which writes
+    /// each family once. The registry keeps only a weak reference.
+    ///
+    /// ```
+    /// let client = edk_ws::WsClient::new(Default::default(), edk_ws::JwtAuthenticator::new(b"k"));
+    /// let mut registry = prometheus_client::registry::Registry::default();
+    /// client.register_metrics(&mut registry);
+    /// let mut text = String::new();
+    /// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    /// assert!(text.contains("edk_ws_connections{namespace=\"ws\"} 0"));
+    /// ```
+    #[cfg(feature = "prometheus")]
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        Self::register_metrics_of(registry, std::slice::from_ref(self));
+    }
+
+    /// Registers the metrics of several endpoints (e.g. `/layout` and
+    /// `/lobby`) as one collector: each family once, one sample per
+    /// endpoint, told apart by `namespace`.
+    #[cfg(feature = "prometheus")]
+    pub fn register_metrics_of(
+        registry: &mut prometheus_client::registry::Registry,
+        clients: &[WsClient],
+    ) {
+        let sources = clients
+            .iter()
+            .map(|c| {
+                let weak = Arc::downgrade(&c.inner);
+                let source: crate::prometheus::Source = Box::new(move || {
+                    let inner = weak.upgrade()?;
+                    Some((namespace(&inner.hub().options), snapshot(&inner)))
+                });
+                source
+            })
+            .collect();
+        registry.register_collector(Box::new(crate::prometheus::EndpointsCollector::new(
+            sources,
+        )));
+    }
+
+    /// This endpoint's AsyncAPI 3.0 document (JSON): the protocol of
+    /// `proto/ws.proto` (generated at build time from its descriptors and
+    /// comments: the handshake, close codes, every request with its replies
+    /// and error codes, every event), served at
+    /// [`Options::mount_path`], with this endpoint's limits, whether
+    /// activities are on, and its typed routes with their schemas.
+    pub fn asyncapi(&self) -> String {
+        self.asyncapi_value().to_string()
+    }
+
+    /// The AsyncAPI document as a readable, self-contained HTML page (no
+    /// script, nothing fetched).
+    pub fn asyncapi_html(&self) -> String {
+        crate::asyncapi::html(&self.asyncapi_value())
+    }
+
+    fn asyncapi_value(&self) -> serde_json::Value {
+        let routes = self.inner.routes.list();
+        let docs: Vec<_> = routes
+            .iter()
+            .map(|r| crate::asyncapi::RouteDoc {
+                name: &r.name,
+                request: &r.request,
+                reply: r.reply.as_ref(),
+            })
+            .collect();
+        crate::asyncapi::document(self.options(), &docs)
     }
 
     /// Shuts the endpoint down: new upgrades get 503 and sends fail with
@@ -517,6 +646,45 @@ impl WsClient {
         let _ = hub.registry.admit(conn.clone(), false);
         let handle = Conn(conn.clone());
         (handle, move || conn.queue.take().msgs.len())
+    }
+}
+
+/// The counters plus the hub's gauges, read now.
+fn snapshot(inner: &Endpoint) -> MetricsSnapshot {
+    let hub = inner.hub();
+    let mut m = hub.metrics.snapshot();
+    let b = inner.node.backplane();
+    m.backplane_down = b.is_clustered() && !b.is_up();
+    m.backplane_publish_errors = b.publish_errors();
+    m.rooms = hub.rooms.len() as u64;
+    if !hub.options.online_activities_disabled {
+        m.activities = hub.presence.len() as u64;
+    }
+    // Handles copied shard by shard: no registry lock is held while each
+    // connection's queue and room list are read.
+    let mut batch = Vec::new();
+    for shard in 0..crate::hub::registry::SHARDS {
+        hub.registry.handles(shard, &mut batch);
+        for c in batch.drain(..) {
+            let (msgs, bytes) = c.queue.depth();
+            m.queued_messages += msgs as u64;
+            m.queued_bytes += bytes as u64;
+            m.max_queue_depth = m.max_queue_depth.max(msgs as u64);
+            m.room_members += c.rooms.lock().as_ref().map_or(0, Vec::len) as u64;
+        }
+    }
+    m
+}
+
+/// The `namespace` label of an endpoint's metrics.
+#[cfg(feature = "prometheus")]
+fn namespace(o: &Options) -> String {
+    match o.metrics_namespace.as_str() {
+        "" => match o.mount_path.trim_matches('/') {
+            "" => "root".to_owned(),
+            p => p.replace('/', "_"),
+        },
+        ns => ns.to_owned(),
     }
 }
 

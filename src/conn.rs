@@ -138,6 +138,12 @@ impl SendQueue {
         self.state.lock().close.as_ref().map(|c| c.reason)
     }
 
+    /// Messages and bytes waiting now (for the metrics' scrape).
+    pub fn depth(&self) -> (usize, usize) {
+        let s = self.state.lock();
+        (s.msgs.len(), s.bytes)
+    }
+
     pub fn is_closing(&self) -> bool {
         let s = self.state.lock();
         s.close.is_some() || s.ended
@@ -222,7 +228,7 @@ impl Connection {
     pub fn push(&self, frame: Bytes) -> Result<(), SendError> {
         let r = self.queue.push(frame);
         if let Err(e) = r {
-            self.metrics.send_failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.send_failed(e);
             if e == SendError::QueueFull {
                 warn!(user = %self.user, conn = self.id, "slow consumer: send queue full, closing with 4003");
                 self.reader_wake.notify_one();

@@ -31,9 +31,16 @@
 //!    `timestamp_ms`; back in `on_frame`, a message with `control` or
 //!    `room` set goes to
 //! 4. `session/control.rs` — `handle`: rate limit, policy hooks, the hub,
-//!    and exactly one reply per request id; any other message goes to
+//!    and exactly one reply per request id; a message whose `type` has a
+//!    typed route goes to `session/routes.rs` (decoded as the app's prost
+//!    type, answered with the same id); any other message goes to
 //! 5. `session/handlers.rs` — `on_message`: the application's handlers, in
 //!    subscription order, each isolated from panics.
+//!
+//! The protocol's reference is `proto/ws.proto`; [`WsClient::asyncapi`]
+//! returns the AsyncAPI document generated from it. Counters:
+//! [`WsClient::metrics`], and Prometheus with the `prometheus` feature
+//! (`WsClient::register_metrics`).
 //!
 //! ## Tracing a message out (5 files)
 //!
@@ -59,6 +66,7 @@
 //! [`DisconnectReason`].
 #![warn(missing_docs)]
 
+mod asyncapi;
 mod auth;
 // See hub/mod.rs: without `redis` the cluster paths are compiled, not called.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -71,6 +79,8 @@ mod io;
 mod logs;
 mod metrics;
 mod options;
+#[cfg(feature = "prometheus")]
+mod prometheus;
 mod protocol;
 mod session;
 mod subscribers;
@@ -84,11 +94,21 @@ pub use hub::policy::{AllowAll, JoinDecision, RoomPolicy, RoomSettings, StateCha
 pub use hub::presence::ActivityError;
 pub use hub::rooms::RoomError;
 pub use io::bind;
-pub use metrics::{DisconnectCounts, MetricsSnapshot, RefusedCounts};
+pub use metrics::{
+    DisconnectCounts, HandlingDurations, HistogramSnapshot, MetricsSnapshot, RefusedCounts,
+    SendFailureCounts,
+};
 pub use options::{Options, OptionsError};
+/// Re-exported (feature `prometheus`): `WsClient::register_metrics` takes
+/// its `Registry`.
+#[cfg(feature = "prometheus")]
+pub use prometheus_client;
+/// Re-exported: typed routes take `prost_reflect::ReflectMessage` types.
+pub use prost_reflect;
 pub use protocol::close::{self, DisconnectReason};
 pub use protocol::proto::{self, Activity, Member, Members, Message, Status};
 pub use protocol::PROTOCOL;
+pub use session::routes::RouteError;
 pub use subscribers::Subscription;
 
 /// Support for the criterion benches (`benches/`), behind the `bench`
@@ -97,6 +117,29 @@ pub use subscribers::Subscription;
 #[doc(hidden)]
 pub mod bench {
     pub use crate::protocol::codec::{decode_inbound, encode_outbound};
+
+    /// The reader's per-message counting, as `session::task` does it.
+    #[derive(Default)]
+    pub struct Counters(crate::metrics::Metrics);
+
+    impl Counters {
+        /// One frame of `bytes` received, with the sampling decision of the
+        /// handling time (the clock is read only when sampled).
+        #[inline]
+        pub fn received(&self, bytes: usize) {
+            let slot = self.0.hot.slot();
+            slot.received(bytes);
+            if slot.sample() {
+                let t = std::time::Instant::now();
+                slot.handled(crate::metrics::Handling::Handlers, t.elapsed());
+            }
+        }
+
+        /// Messages counted so far (summed over threads).
+        pub fn messages_in(&self) -> u64 {
+            self.0.snapshot().messages_in
+        }
+    }
 }
 
 /// The README's examples, compiled as doctests.

@@ -1,16 +1,28 @@
 //! Counters of a [`WsClient`](crate::WsClient), read with
-//! [`WsClient::metrics`](crate::WsClient::metrics).
+//! [`WsClient::metrics`](crate::WsClient::metrics) (and scraped by
+//! Prometheus through the same snapshot: see `prometheus.rs`).
+//!
+//! Rare events (handshakes, disconnects, failures) are shared atomics here;
+//! what happens per message is counted per worker thread (`per_thread`)
+//! and summed when read, so the message path touches no shared cache line.
+
+mod histogram;
+mod per_thread;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use enum_map::{Enum, EnumMap};
 
+use crate::error::SendError;
 use crate::protocol::close::DisconnectReason;
+pub use histogram::HistogramSnapshot;
+pub(crate) use per_thread::{Handling, PerThread};
 
 /// Why a handshake was refused (for [`MetricsSnapshot::refused`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 pub(crate) enum Refusal {
     BadRequest,
+    UpgradeRequired,
     Unauthorized,
     Forbidden,
     Conflict,
@@ -25,11 +37,10 @@ pub(crate) struct Metrics {
     pub accepted: AtomicU64,
     refused: EnumMap<Refusal, AtomicU64>,
     disconnects: EnumMap<DisconnectReason, AtomicU64>,
-    pub messages_in: AtomicU64,
-    pub messages_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub send_failed: AtomicU64,
+    /// Messages and bytes in and out, handling durations, writer batches,
+    /// handshake durations: per worker thread.
+    pub hot: PerThread,
+    send_failures: EnumMap<SendFailure, AtomicU64>,
     pub handler_panics: AtomicU64,
     pub tcp_nodelay_unavailable: AtomicU64,
 }
@@ -43,29 +54,50 @@ impl Metrics {
         self.disconnects[why].fetch_add(1, Relaxed);
     }
 
+    /// A send that could not be queued.
+    pub fn send_failed(&self, why: SendError) {
+        self.send_failures[SendFailure::from(why)].fetch_add(1, Relaxed);
+    }
+
+    /// `n` sends failed with `why`.
+    pub fn sends_failed(&self, why: SendError, n: u64) {
+        self.send_failures[SendFailure::from(why)].fetch_add(n, Relaxed);
+    }
+
+    /// The counters now. The gauges of the hub (rooms, members, activities,
+    /// queues) are left 0: `WsClient::metrics` fills them.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let r = |w| self.refused[w].load(Relaxed);
+        let hot = self.hot.totals();
+        let send_failures = SendFailureCounts::from_map(&self.send_failures);
         MetricsSnapshot {
             connections: self.connections_now.load(Relaxed),
             accepted: self.accepted.load(Relaxed),
             refused: RefusedCounts {
                 bad_request: r(Refusal::BadRequest),
+                upgrade_required: r(Refusal::UpgradeRequired),
                 unauthorized: r(Refusal::Unauthorized),
                 forbidden: r(Refusal::Forbidden),
                 conflict: r(Refusal::Conflict),
                 shutting_down: r(Refusal::ShuttingDown),
             },
             disconnects: DisconnectCounts::from_map(&self.disconnects),
-            messages_in: self.messages_in.load(Relaxed),
-            messages_out: self.messages_out.load(Relaxed),
-            bytes_in: self.bytes_in.load(Relaxed),
-            bytes_out: self.bytes_out.load(Relaxed),
-            send_failed: self.send_failed.load(Relaxed),
+            messages_in: hot.messages_in,
+            messages_out: hot.messages_out,
+            bytes_in: hot.bytes_in,
+            bytes_out: hot.bytes_out,
+            send_failed: send_failures.total(),
+            send_failures,
             handler_panics: self.handler_panics.load(Relaxed),
             tcp_nodelay_unavailable: self.tcp_nodelay_unavailable.load(Relaxed),
-            // Filled by the endpoint, which knows its backplane.
-            backplane_down: false,
-            backplane_publish_errors: 0,
+            handshake_duration: hot.handshakes,
+            handling_duration: HandlingDurations {
+                requests: hot.handling[Handling::Request].clone(),
+                routes: hot.handling[Handling::Route].clone(),
+                handlers: hot.handling[Handling::Handlers].clone(),
+            },
+            send_batches: hot.batches,
+            ..MetricsSnapshot::default()
         }
     }
 }
@@ -90,8 +122,12 @@ pub struct MetricsSnapshot {
     pub bytes_in: u64,
     /// Bytes of binary frames written.
     pub bytes_out: u64,
-    /// Sends that could not be queued (any [`SendError`](crate::SendError)).
+    /// Sends that could not be queued (any [`SendError`](crate::SendError)):
+    /// the sum of `send_failures`.
     pub send_failed: u64,
+    /// Sends that could not be queued, by [`SendError`](crate::SendError).
+    /// Each `queue_full` is one slow consumer closed with 4003.
+    pub send_failures: SendFailureCounts,
     /// Handlers that panicked (each was caught and logged).
     pub handler_panics: u64,
     /// Connections served without `TCP_NODELAY`: a TCP socket on which it
@@ -104,14 +140,112 @@ pub struct MetricsSnapshot {
     /// Cross-node publishes that could not be sent (Redis unreachable, or
     /// the publish queue full): lost, at most once.
     pub backplane_publish_errors: u64,
+    /// How long handshakes took, from the request to the 101 (refusals are
+    /// not timed), in nanoseconds.
+    pub handshake_duration: HistogramSnapshot,
+    /// How long inbound messages took to handle, sampled: one message in 16
+    /// per worker thread is timed.
+    pub handling_duration: HandlingDurations,
+    /// Messages each writer wake-up found in its connection's send queue
+    /// (the queue's depth when drained), one observation per batch.
+    pub send_batches: HistogramSnapshot,
+    /// Rooms now (with at least one member here).
+    pub rooms: u64,
+    /// Room memberships of the connections here now.
+    pub room_members: u64,
+    /// Users with a non-offline activity now.
+    pub activities: u64,
+    /// Messages waiting in send queues now, over every connection.
+    pub queued_messages: u64,
+    /// Bytes waiting in send queues now, over every connection.
+    pub queued_bytes: u64,
+    /// The deepest send queue now, in messages.
+    pub max_queue_depth: u64,
+}
+
+/// Sampled handling durations of inbound messages, by what handled them
+/// (in nanoseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandlingDurations {
+    /// Module requests (control verbs and room publishes).
+    pub requests: HistogramSnapshot,
+    /// Typed routes.
+    pub routes: HistogramSnapshot,
+    /// The subscribed message handlers.
+    pub handlers: HistogramSnapshot,
+}
+
+/// A [`SendError`] as a counter key (kept in step with it by the
+/// exhaustive match below).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+enum SendFailure {
+    NotConnected,
+    QueueFull,
+    Closed,
+    ShuttingDown,
+    TooLarge,
+    Unavailable,
+}
+
+impl From<SendError> for SendFailure {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::NotConnected => SendFailure::NotConnected,
+            SendError::QueueFull => SendFailure::QueueFull,
+            SendError::Closed => SendFailure::Closed,
+            SendError::ShuttingDown => SendFailure::ShuttingDown,
+            SendError::TooLarge => SendFailure::TooLarge,
+            SendError::Unavailable => SendFailure::Unavailable,
+        }
+    }
+}
+
+/// Failed sends by [`SendError`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub struct SendFailureCounts {
+    pub not_connected: u64,
+    pub queue_full: u64,
+    pub closed: u64,
+    pub shutting_down: u64,
+    pub too_large: u64,
+    pub unavailable: u64,
+}
+
+impl SendFailureCounts {
+    fn from_map(m: &EnumMap<SendFailure, AtomicU64>) -> Self {
+        let g = |k| m[k].load(Relaxed);
+        SendFailureCounts {
+            not_connected: g(SendFailure::NotConnected),
+            queue_full: g(SendFailure::QueueFull),
+            closed: g(SendFailure::Closed),
+            shutting_down: g(SendFailure::ShuttingDown),
+            too_large: g(SendFailure::TooLarge),
+            unavailable: g(SendFailure::Unavailable),
+        }
+    }
+
+    /// Every failed send.
+    pub fn total(&self) -> u64 {
+        self.not_connected
+            + self.queue_full
+            + self.closed
+            + self.shutting_down
+            + self.too_large
+            + self.unavailable
+    }
 }
 
 /// Refused handshakes by answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RefusedCounts {
-    /// 400/426: not a WebSocket upgrade.
+    /// 400: not a WebSocket upgrade.
     pub bad_request: u64,
+    /// 426: a WebSocket version other than 13.
+    pub upgrade_required: u64,
     /// 401: bad or missing user id or token.
     pub unauthorized: u64,
     /// 403: token for another user, or origin not allowed.

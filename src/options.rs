@@ -201,6 +201,18 @@ options! {
     /// cluster-wide), or admitted on this node alone (`true`).
     redis_admit_when_down, with_redis_admit_when_down: bool = false,
         "EDK_WS_REDIS_ADMIT_WHEN_DOWN" via boolean;
+
+    // operability (issue 12)
+    /// The path the endpoint is mounted at, as its AsyncAPI document
+    /// (`WsClient::asyncapi`) states it. The module does not route by it:
+    /// mount `handler()` at the same path.
+    mount_path, with_mount_path: String = "/ws".to_owned(),
+        "EDK_WS_MOUNT_PATH" via path;
+    /// The `namespace` label of this endpoint's Prometheus metrics (two
+    /// endpoints in one registry differ by it). Empty: the mount path
+    /// without its slashes (`/lobby` → `lobby`, `/` → `root`).
+    metrics_namespace, with_metrics_namespace: String = String::new(),
+        "EDK_WS_METRICS_NAMESPACE" via label_value;
 }
 
 impl Options {
@@ -298,6 +310,23 @@ mod parse {
         match v {
             "" => Err("must not be empty".to_owned()),
             v => Ok(v.to_owned()),
+        }
+    }
+
+    pub fn path(v: &str) -> Result<String, String> {
+        match v.starts_with('/') && !v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            true => Ok(v.to_owned()),
+            false => Err("expected a path starting with /".to_owned()),
+        }
+    }
+
+    pub fn label_value(v: &str) -> Result<String, String> {
+        match v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            true => Ok(v.to_owned()),
+            false => Err("expected letters, digits, '_' or '-'".to_owned()),
         }
     }
 

@@ -468,7 +468,8 @@ async fn non_upgrade_requests_and_other_routes() {
     assert_eq!(r.body, "ok");
 
     let m = srv.client.metrics();
-    assert_eq!(m.refused.bad_request, 4);
+    assert_eq!(m.refused.bad_request, 3);
+    assert_eq!(m.refused.upgrade_required, 1);
     assert_eq!(m.accepted, 0);
     assert_eq!(srv.client.user_count(), 0);
 

@@ -235,7 +235,7 @@ impl Hub {
         match self.registry.get(user) {
             Some(conn) => report.record(user, push(&conn, payload)),
             None => {
-                self.metrics.send_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.send_failed(SendError::NotConnected);
                 report.record(user, Err(SendError::NotConnected));
             }
         }
@@ -248,7 +248,7 @@ impl Hub {
     /// `Err(ShuttingDown)` (counted) once shutdown began.
     fn open(&self) -> Result<(), SendError> {
         if self.registry.is_closed() {
-            self.metrics.send_failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics.send_failed(SendError::ShuttingDown);
             return Err(SendError::ShuttingDown);
         }
         Ok(())
@@ -303,9 +303,7 @@ impl Hub {
             self.registry
                 .for_each(|c| report.record(c.user_id(), Err(SendError::ShuttingDown)));
             let failed = report.failed.len() as u64;
-            self.metrics
-                .send_failed
-                .fetch_add(failed, Ordering::Relaxed);
+            self.metrics.sends_failed(SendError::ShuttingDown, failed);
             return report;
         }
         let payload = Payload::Frame(frame);

@@ -84,6 +84,11 @@ impl Presence {
         self.handlers.add(f)
     }
 
+    /// How many users have a non-offline activity.
+    pub fn len(&self) -> usize {
+        self.current.read().len()
+    }
+
     /// Every non-offline activity.
     pub fn list(&self) -> Vec<Activity> {
         self.current

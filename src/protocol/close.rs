@@ -115,3 +115,38 @@ mod tests {
         assert!(long.starts_with(&t));
     }
 }
+
+/// `proto/ws.proto`'s `CloseCode` (the reference, and the source of the
+/// AsyncAPI document's table) lists exactly these codes.
+#[cfg(test)]
+mod reference {
+    use super::code;
+    use crate::protocol::proto::CloseCode;
+
+    #[test]
+    fn the_codes_are_the_proto_tables() {
+        let ours = [
+            (code::GOING_AWAY, CloseCode::CloseGoingAway),
+            (code::PROTOCOL_ERROR, CloseCode::CloseProtocolError),
+            (code::UNSUPPORTED_DATA, CloseCode::CloseUnsupportedData),
+            (code::INVALID_PAYLOAD, CloseCode::CloseInvalidPayload),
+            (code::MESSAGE_TOO_BIG, CloseCode::CloseMessageTooBig),
+            (code::INTERNAL_ERROR, CloseCode::CloseInternalError),
+            (code::IDLE_TIMEOUT, CloseCode::CloseIdleTimeout),
+            (code::REPLACED, CloseCode::CloseReplaced),
+            (code::KICKED, CloseCode::CloseKicked),
+            (code::SLOW_CONSUMER, CloseCode::CloseSlowConsumer),
+        ];
+        for (c, p) in ours {
+            assert_eq!(i32::from(c), p as i32, "{p:?}");
+        }
+        let listed = (1..5000)
+            .filter(|n| CloseCode::try_from(*n).is_ok())
+            .count();
+        assert_eq!(
+            listed,
+            ours.len(),
+            "ws.proto lists a close code the server lacks"
+        );
+    }
+}

@@ -156,7 +156,15 @@ pub(crate) async fn handle(
             })
         }
     };
-    match conn.send_encoded(codec::encode_control(id.clone(), control)) {
+    let frame = codec::encode_control(id.clone(), control);
+    send_reply(conn, id, frame);
+}
+
+/// Queues the reply `frame` to the request `id`. A reply larger than the
+/// whole send queue is replaced by `Error{INTERNAL}`, so the request still
+/// gets exactly one reply.
+pub(crate) fn send_reply(conn: &Conn, id: String, frame: bytes::Bytes) {
+    match conn.send_encoded(frame) {
         Ok(()) => {}
         Err(SendError::TooLarge) => {
             // Still exactly one reply: say why the real one cannot come.

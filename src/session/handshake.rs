@@ -66,6 +66,7 @@ async fn handshake(
     on_upgrade: Option<OnUpgrade>,
 ) -> Response {
     use Refusal::*;
+    let started = std::time::Instant::now();
     let key = match (
         method == http::Method::GET,
         is_upgrade(&headers),
@@ -89,7 +90,7 @@ async fn handshake(
     {
         let mut r = refuse(
             &inner,
-            BadRequest,
+            UpgradeRequired,
             StatusCode::UPGRADE_REQUIRED,
             "unsupported WebSocket version: use 13",
         );
@@ -196,6 +197,7 @@ async fn handshake(
     let metrics = &inner.hub().metrics;
     metrics.accepted.fetch_add(1, Ordering::Relaxed);
     metrics.connections_now.fetch_add(1, Ordering::Relaxed);
+    metrics.hot.slot().handshake(started.elapsed());
 
     let accept = derive_accept_key(key.as_bytes());
     // Browsers fail a handshake whose offered subprotocol is not echoed.

@@ -1,7 +1,8 @@
 //! Sessions: the warp handshake filter (`handshake`: HTTP refusals, then the
 //! 101), the connection task (`task`: reader, single writer, heartbeat,
 //! finish), the module's own request handling (`control`: one reply per
-//! request id) and the application's handlers (`handlers`).
+//! request id), typed routes (`routes`) and the application's handlers
+//! (`handlers`).
 //!
 //! Imports the layers below (`backplane`, `hub`, `conn`, `protocol`, `io`);
 //! only the `WsClient` facade sits above.
@@ -9,6 +10,7 @@
 pub(crate) mod control;
 pub(crate) mod handlers;
 pub(crate) mod handshake;
+pub(crate) mod routes;
 pub(crate) mod task;
 
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,7 @@ use crate::auth::Authenticator;
 use crate::backplane::Node;
 use crate::hub::Hub;
 use handlers::Handlers;
+use routes::Routes;
 
 /// One endpoint (one `WsClient`): its node, token checker, handlers and
 /// connection tasks.
@@ -25,6 +28,8 @@ pub(crate) struct Endpoint {
     pub node: Node,
     pub auth: Box<dyn Authenticator>,
     pub handlers: Handlers,
+    /// Typed routes, by message `type`.
+    pub routes: Routes,
     /// Every connection task, from admission to its end: shutdown waits for
     /// them.
     pub tasks: TaskTracker,
@@ -39,6 +44,7 @@ impl Endpoint {
             node,
             auth,
             handlers: Handlers::new(),
+            routes: Routes::new(),
             tasks: TaskTracker::new(),
             cut: CancellationToken::new(),
         }

@@ -40,7 +40,7 @@ use crate::conn::{Conn, Connection};
 use crate::io::outbuf::{CoalescingIo, OutBuf};
 use crate::io::transport::{self, Transport};
 use crate::logs::LogBudget;
-use crate::metrics::Metrics;
+use crate::metrics::{Handling, Metrics};
 use crate::protocol::close::{code, CloseRequest, DisconnectReason};
 use crate::protocol::codec;
 
@@ -313,18 +313,28 @@ async fn on_frame(
     frame: Bytes,
 ) {
     let m = &inner.hub().metrics;
-    m.messages_in.fetch_add(1, Ordering::Relaxed);
-    m.bytes_in.fetch_add(frame.len() as u64, Ordering::Relaxed);
+    // This thread's counters: not kept across the awaits below.
+    let slot = m.hot.slot();
+    slot.received(frame.len());
+    let started = slot.sample().then(Instant::now);
     match codec::decode_inbound(frame, conn.user_id()) {
         Ok(msg) => {
             debug!(id = %msg.id, r#type = %msg.r#type, room = %msg.room, "message");
-            if control::is_request(&msg) {
+            let kind = if control::is_request(&msg) {
                 control::handle(inner, handle, limiter, msg).await;
-                return;
-            }
-            let panics = inner.handlers.on_message(handle, msg).await;
-            if panics > 0 {
-                m.handler_panics.fetch_add(panics, Ordering::Relaxed);
+                Handling::Request
+            } else if let Some(route) = inner.routes.get(&msg.r#type) {
+                route.handle(inner, handle, msg).await;
+                Handling::Route
+            } else {
+                let panics = inner.handlers.on_message(handle, msg).await;
+                if panics > 0 {
+                    m.handler_panics.fetch_add(panics, Ordering::Relaxed);
+                }
+                Handling::Handlers
+            };
+            if let Some(t) = started {
+                m.hot.slot().handled(kind, t.elapsed());
             }
         }
         Err(e) => {
@@ -376,6 +386,7 @@ fn write_loop(
                 }
             }
             let batch = conn.queue.take();
+            let taken = batch.msgs.len();
             let (mut count, mut bytes, mut failed) = (0u64, 0u64, false);
             for frame in batch.msgs {
                 // Straight into our buffer, not through tungstenite's (which
@@ -391,10 +402,7 @@ fn write_loop(
                     break;
                 }
             }
-            if count > 0 {
-                metrics.messages_out.fetch_add(count, Ordering::Relaxed);
-                metrics.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-            }
+            metrics.hot.slot().written(taken, count, bytes);
             if failed {
                 break;
             }
