@@ -82,6 +82,8 @@ const FAMILIES: &[(&str, &str, Read)] = &[
     ("edk_ws_rooms", "Rooms now.", Read::Gauge(|s| s.rooms)),
     ("edk_ws_room_members", "Room memberships now.", Read::Gauge(|s| s.room_members)),
     ("edk_ws_activities", "Users with a non-offline activity now.", Read::Gauge(|s| s.activities)),
+    ("edk_ws_backplane_down", "1 when clustered and the backplane (Redis) is unreachable now.", Read::Gauge(|s| u64::from(s.backplane_down))),
+    ("edk_ws_backplane_publish_errors", "Cross-node publishes lost (Redis unreachable or publish queue full).", Read::Counter(|s| s.backplane_publish_errors)),
 ];
 
 /// The collector of one or more endpoints.
