@@ -1,12 +1,14 @@
 //! The example server: edk-ws mounted at `/ws` in a warp service, with
-//! `GET /healthz`.
+//! `GET /healthz` and the browser demo page at `/` (see `web/mod.rs`).
 //!
 //! ```text
 //! cargo run --release --example server -- --addr 127.0.0.1:8080
 //! ```
 //!
 //! - `EDK_WS_JWT_SECRET`: HS256 secret for tokens. Unset → development mode:
-//!   a random secret, and a ready token printed for the user `demo`.
+//!   a random secret, a ready token printed for the user `demo`, browsers
+//!   identified by their token (`user_id_from_token`), and the
+//!   `GET /dev/token?user=NAME` and `POST /dev/kick?user=NAME` routes.
 //! - Every other `EDK_WS_*` variable is read by `Options::from_env()`
 //!   (e.g. `EDK_WS_KICK_OUT_NEW_USER_CONN=true`).
 //! - Messages: `echo` comes back to its sender; `broadcast` goes to every
@@ -26,6 +28,9 @@ use rand::Rng;
 use tracing::{debug, info, warn};
 use warp::Filter;
 
+#[path = "web/mod.rs"]
+mod web;
+
 #[derive(Parser, Debug)]
 #[command(about = "edk-ws example server")]
 struct Args {
@@ -44,6 +49,8 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
 
@@ -61,6 +68,11 @@ async fn main() -> ExitCode {
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             (hex.into_bytes(), true)
         }
+    };
+    let options = if dev_mode {
+        web::dev_options(options)
+    } else {
+        options
     };
     let jwt = JwtAuthenticator::new(&secret);
     let client = WsClient::new(options, jwt.clone());
@@ -96,7 +108,8 @@ async fn main() -> ExitCode {
     let routes = warp::path("ws")
         .and(warp::path::end())
         .and(client.handler())
-        .or(health);
+        .or(health)
+        .or(web::routes(dev_mode.then(|| (jwt.clone(), client.clone()))));
 
     let listener = match edk_ws::bind(args.addr) {
         Ok(l) => l,
@@ -110,6 +123,7 @@ async fn main() -> ExitCode {
         .map(|a| a.to_string())
         .unwrap_or_default();
     info!(%addr, "listening: ws://{addr}/ws, http://{addr}/healthz");
+    web::announce(&addr, dev_mode);
     if dev_mode {
         warn!("EDK_WS_JWT_SECRET is not set: DEVELOPMENT MODE with a random secret");
         match jwt.issue("demo", Duration::from_secs(24 * 3600)) {
