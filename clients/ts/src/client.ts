@@ -237,6 +237,8 @@ export class EdkClient extends Emitter<ClientEvents> {
   private _state: ConnectionState = "idle";
   private _failures = 0;
   private _userId: string | undefined;
+  /** The `userId` option: sent as a header (where the implementation can). */
+  private readonly headerUserId: string | undefined;
   /** Rooms we are in, with our member state (restored after a reconnect). */
   private readonly joined = new Map<string, Record<string, string>>();
   private activity: { status: ActivityStatus; detail: string } | null = null;
@@ -261,8 +263,6 @@ export class EdkClient extends Emitter<ClientEvents> {
     };
     this.headerUserId = options.userId;
   }
-
-  private readonly headerUserId: string | undefined;
 
   /** Where the client is. */
   get state(): ConnectionState {
@@ -399,18 +399,15 @@ export class EdkClient extends Emitter<ClientEvents> {
   /** Every member of `room`, following the pages (and the room state). */
   async listAllMembers(room: string, pageSize = 0): Promise<{ members: MemberInfo[]; roomState: Record<string, string> }> {
     const members: MemberInfo[] = [];
-    let roomState: Record<string, string> = {};
-    let cursor = "";
-    const seen = new Set<string>();
-    for (;;) {
-      const page = await this.listMembers(room, { limit: pageSize, cursor });
-      if (!cursor) roomState = page.roomState;
-      members.push(...page.members);
-      if (!page.nextCursor || seen.has(page.nextCursor)) break;
-      seen.add(page.nextCursor);
-      cursor = page.nextCursor;
-    }
-    return { members, roomState };
+    let roomState: Record<string, string> | undefined;
+    await eachPage(
+      (cursor) => this.listMembers(room, { limit: pageSize, cursor }),
+      (page) => {
+        roomState ??= page.roomState; // on the first page only
+        members.push(...page.members);
+      },
+    );
+    return { members, roomState: roomState ?? {} };
   }
 
   /** Changes the room's shared state and/or this user's member state in `room`. */
@@ -450,15 +447,10 @@ export class EdkClient extends Emitter<ClientEvents> {
   /** Every non-offline activity, following the pages. */
   async listAllActivities(pageSize = 0): Promise<ActivityInfo[]> {
     const all: ActivityInfo[] = [];
-    let cursor = "";
-    const seen = new Set<string>();
-    for (;;) {
-      const page = await this.listActivities({ limit: pageSize, cursor });
-      all.push(...page.activities);
-      if (!page.nextCursor || seen.has(page.nextCursor)) break;
-      seen.add(page.nextCursor);
-      cursor = page.nextCursor;
-    }
+    await eachPage(
+      (cursor) => this.listActivities({ limit: pageSize, cursor }),
+      (page) => all.push(...page.activities),
+    );
     return all;
   }
 
@@ -700,6 +692,22 @@ export async function connect(options: ConnectOptions): Promise<EdkClient> {
   const client = new EdkClient(options);
   await client.connect();
   return client;
+}
+
+/** Fetches pages from the first to the last (`nextCursor` empty; a repeated cursor also ends it). */
+async function eachPage<P extends { nextCursor: string }>(
+  get: (cursor: string) => Promise<P>,
+  onPage: (page: P) => void,
+): Promise<void> {
+  const seen = new Set<string>();
+  let cursor = "";
+  for (;;) {
+    const page = await get(cursor);
+    onPage(page);
+    if (!page.nextCursor || seen.has(page.nextCursor)) return;
+    seen.add(page.nextCursor);
+    cursor = page.nextCursor;
+  }
 }
 
 function bytes(p: Payload): Uint8Array {

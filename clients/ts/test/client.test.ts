@@ -15,7 +15,7 @@ import {
   RequestTimeoutError,
   ServerError,
 } from "../src/index.js";
-import { TestClient, tracker, within } from "./helpers.js";
+import { connectFailure, TestClient, tracker, within } from "./helpers.js";
 import { ServerProcess } from "./server.js";
 
 let server: ServerProcess;
@@ -93,13 +93,7 @@ describe("messages", () => {
         reconnect: { initialDelayMs: 1, maxDelayMs: 5, maxFailures: 50 },
       }),
     );
-    const err = await within(
-      c.connect().then(
-        () => null,
-        (e: unknown) => e,
-      ),
-      "the refused connect",
-    );
+    const err = await within(connectFailure(c), "the refused connect");
     expect(err).toMatchObject({ why: "refused", status: 403, failures: 1 });
     expect(calls).toBe(1);
     expect(c.state).toBe("closed");

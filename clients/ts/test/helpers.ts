@@ -20,6 +20,14 @@ export function within<T>(p: Promise<T>, what: string, ms = 15_000): Promise<T> 
   });
 }
 
+/** What `client.connect()` rejects with (null if it connects). */
+export function connectFailure(client: EdkClient): Promise<unknown> {
+  return client.connect().then(
+    () => null,
+    (e: unknown) => e,
+  );
+}
+
 /** A client of `server()` (a function: the server may be restarted) for `user`, tokens from /dev/token. */
 export class TestClient {
   readonly client: EdkClient;

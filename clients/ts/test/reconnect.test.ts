@@ -14,7 +14,7 @@ import {
   EdkClient,
   NotConnectedError,
 } from "../src/index.js";
-import { TestClient, tracker, within } from "./helpers.js";
+import { connectFailure, TestClient, tracker, within } from "./helpers.js";
 import { ServerProcess } from "./server.js";
 
 const { track, closeAll } = tracker();
@@ -139,13 +139,7 @@ describe("attempts that never open", () => {
     );
     const retries: ClientEvents["reconnecting"][] = [];
     c.on("reconnecting", (e) => retries.push(e));
-    const err = await within(
-      c.connect().then(
-        () => null,
-        (e: unknown) => e,
-      ),
-      "the client to give up",
-    );
+    const err = await within(connectFailure(c), "the client to give up");
     expect(err).toMatchObject({ why: "gave-up", failures: 4, code: 1006 });
     expect(retries.map((r) => r.failures)).toEqual([1, 2, 3]);
     retries.forEach((r) => expect(r.delayMs).toBeLessThan(Math.min(40, 10 * 2 ** r.failures)));
