@@ -4,6 +4,8 @@
  * restored; a kick (4002) or a replacement (4001) is final; attempts that
  * never open are retried with backoff and given up after `maxFailures`.
  */
+import { createServer, type Socket } from "node:net";
+
 import WebSocket from "ws";
 import { afterEach, describe, expect, test } from "vitest";
 
@@ -146,6 +148,31 @@ describe("attempts that never open", () => {
     expect(calls).toBe(4); // a token before every attempt
     expect(c.failures).toBe(4);
     expect(c.state).toBe("closed");
+  });
+
+  test("a handshake that hangs is abandoned after connectTimeoutMs and counts as a failure", async () => {
+    // Accepts TCP connections and never answers the upgrade request.
+    const held: Socket[] = [];
+    const silent = createServer((sock) => held.push(sock));
+    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+    const { port } = silent.address() as { port: number };
+    try {
+      const c = track(
+        new EdkClient({
+          url: `ws://127.0.0.1:${port}/ws`,
+          WebSocket,
+          token: "t",
+          connectTimeoutMs: 100,
+          reconnect: { initialDelayMs: 1, maxDelayMs: 5, maxFailures: 2 },
+        }),
+      );
+      const err = await within(connectFailure(c), "the client to give up on a silent server");
+      expect(err).toMatchObject({ why: "gave-up", failures: 2 });
+      expect(held.length).toBe(2);
+    } finally {
+      held.forEach((s) => s.destroy());
+      silent.close();
+    }
   });
 
   test("a refusal the client cannot tell apart (409) is retried until it succeeds", async () => {
