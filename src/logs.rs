@@ -53,13 +53,11 @@ impl fmt::Display for PeerAddr {
     }
 }
 
-/// Records `ns` (the endpoint's name, option `name`) on `span` when it is
-/// set, so that two `WsClient`s of one process can be told apart in the
-/// log. The span must declare `ns = tracing::field::Empty`.
-pub(crate) fn record_ns(span: &tracing::Span, name: &str) {
-    if !name.is_empty() {
-        span.record("ns", tracing::field::display(name));
-    }
+/// The `ns` field of a log line or span: the endpoint's name (option
+/// `name`), so that two `WsClient`s of one process can be told apart; no
+/// field at all when the name is empty.
+pub(crate) fn ns(name: &str) -> Option<tracing::field::DisplayValue<&str>> {
+    (!name.is_empty()).then(|| tracing::field::display(name))
 }
 
 #[cfg(test)]

@@ -171,6 +171,14 @@ async fn refusals_peers_and_namespaces_are_readable_in_the_log() {
     assert!(told.contains("status=401"), "{told}");
     assert!(more > 0);
 
+    // Lines outside any connection name their endpoint too.
+    layout.shutdown(Duration::from_millis(200)).await;
+    captured
+        .wait_line("for layout's shutdown", |l| {
+            l.contains("shutting down") && l.contains("ns=layout")
+        })
+        .await;
+
     let log = captured.text.lock().clone();
     assert!(!log.contains("Some("), "an Option was logged:\n{log}");
 }

@@ -41,7 +41,7 @@ use super::task;
 use super::Endpoint;
 use crate::auth::{AuthError, AuthRequest};
 use crate::backplane::{AdmitError, Admitted};
-use crate::logs::{record_ns, LogBudget, PeerAddr};
+use crate::logs::{ns, LogBudget, PeerAddr};
 use crate::metrics::Refusal;
 use crate::protocol::PROTOCOL;
 
@@ -57,10 +57,9 @@ pub(crate) fn filter(
                 let inner = inner.clone();
                 let span = tracing::info_span!(
                     "handshake",
-                    ns = tracing::field::Empty,
+                    ns = ns(&inner.hub().options.name),
                     peer = %PeerAddr(peer)
                 );
-                record_ns(&span, &inner.hub().options.name);
                 async move { handshake(inner, method, headers, peer, on_upgrade).await }
                     .instrument(span)
             },
