@@ -4,6 +4,8 @@
 //! cargo run --example client -- --url ws://127.0.0.1:8080/ws --user demo --token <JWT>
 //! # or mint the token from the server's secret:
 //! EDK_WS_JWT_SECRET=s3cret cargo run --example client -- --user demo
+//! # or only print a token (e.g. for a browser or the TypeScript client):
+//! EDK_WS_JWT_SECRET=s3cret cargo run --example client -- --mint --user alice --ttl 1h
 //! ```
 
 use std::process::ExitCode;
@@ -33,6 +35,12 @@ struct Args {
     /// Text to echo.
     #[arg(long, default_value = "hello")]
     text: String,
+    /// Only print a token for `--user`, minted from EDK_WS_JWT_SECRET, and exit.
+    #[arg(long)]
+    mint: bool,
+    /// Lifetime of a minted token.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
 }
 
 #[tokio::main]
@@ -46,14 +54,20 @@ async fn main() -> ExitCode {
     }
 }
 
+fn mint(user: &str, ttl: Duration) -> Result<String, Box<dyn std::error::Error>> {
+    let secret = std::env::var("EDK_WS_JWT_SECRET")
+        .map_err(|_| "set EDK_WS_JWT_SECRET (the server's secret) to mint a token")?;
+    Ok(JwtAuthenticator::new(secret.as_bytes()).issue(user, ttl)?)
+}
+
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.mint {
+        println!("{}", mint(&args.user, args.ttl)?);
+        return Ok(());
+    }
     let token = match args.token {
         Some(t) => t,
-        None => {
-            let secret = std::env::var("EDK_WS_JWT_SECRET")
-                .map_err(|_| "pass --token, or set EDK_WS_JWT_SECRET to mint one")?;
-            JwtAuthenticator::new(secret.as_bytes()).issue(&args.user, Duration::from_secs(3600))?
-        }
+        None => mint(&args.user, args.ttl)?,
     };
     let mut req = args.url.as_str().into_client_request()?;
     req.headers_mut()

@@ -30,14 +30,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let secret = std::env::var("EDK_WS_JWT_SECRET").unwrap_or_else(|_| "dev-secret".into());
     let jwt = JwtAuthenticator::new(secret.as_bytes());
 
-    let layout = WsClient::new(Options::from_env()?, jwt.clone());
+    // Each named, so that their log lines say which one (`ns=lobby`).
+    let layout = WsClient::new(Options::from_env()?.with_name("layout".into()), jwt.clone());
     // The lobby announces who is around: member events on, activities on.
-    let lobby = WsClient::new(Options::from_env()?, jwt.clone());
+    let lobby = WsClient::new(Options::from_env()?.with_name("lobby".into()), jwt.clone());
 
     let routes = warp::path("layout")
         .and(warp::path::end())

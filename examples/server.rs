@@ -1,13 +1,16 @@
 //! The example server: edk-ws mounted at `/ws` in a warp service, with
 //! `GET /healthz`, `GET /metrics` (Prometheus text), `GET /asyncapi.json`
-//! (the endpoint's AsyncAPI document) and `GET /docs` (the same, as a page).
+//! (the endpoint's AsyncAPI document), `GET /docs` (the same, as a page)
+//! and the browser demo page at `/` (see `web/mod.rs`).
 //!
 //! ```text
 //! cargo run --release --example server -- --addr 127.0.0.1:8080
 //! ```
 //!
 //! - `EDK_WS_JWT_SECRET`: HS256 secret for tokens. Unset → development mode:
-//!   a random secret, and a ready token printed for the user `demo`.
+//!   a random secret, a ready token printed for the user `demo`, browsers
+//!   identified by their token (`user_id_from_token`), and the
+//!   `GET /dev/token?user=NAME` and `POST /dev/kick?user=NAME` routes.
 //! - Every other `EDK_WS_*` variable is read by `Options::from_env()`
 //!   (e.g. `EDK_WS_KICK_OUT_NEW_USER_CONN=true`).
 //! - Messages: `echo` comes back to its sender; `broadcast` goes to every
@@ -47,6 +50,9 @@ use rand::Rng;
 use tracing::{debug, info, warn};
 use warp::Filter;
 
+#[path = "web/mod.rs"]
+mod web;
+
 #[derive(Parser, Debug)]
 #[command(about = "edk-ws example server")]
 struct Args {
@@ -75,6 +81,8 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
 
@@ -95,6 +103,11 @@ async fn main() -> ExitCode {
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             (hex.into_bytes(), true)
         }
+    };
+    let options = if dev_mode {
+        web::dev_options(options)
+    } else {
+        options
     };
     let jwt = JwtAuthenticator::new(&secret);
     let clustered = options.redis_url.is_some();
@@ -190,7 +203,8 @@ async fn main() -> ExitCode {
         .or(metrics)
         .or(asyncapi)
         .or(docs)
-        .or(admin_routes(client.clone(), args.admin));
+        .or(admin_routes(client.clone(), args.admin))
+        .or(web::routes(dev_mode.then(|| (jwt.clone(), client.clone()))));
 
     let listener = match edk_ws::bind(args.addr) {
         Ok(l) => l,
@@ -204,6 +218,7 @@ async fn main() -> ExitCode {
         .map(|a| a.to_string())
         .unwrap_or_default();
     info!(%addr, "listening: ws://{addr}/ws, http://{addr}/docs, http://{addr}/metrics");
+    web::announce(&addr, dev_mode);
     // For scripts and tests that bind port 0.
     println!("listening on {addr}");
     if dev_mode {

@@ -1,5 +1,30 @@
 //! Token checking at the handshake: the pluggable [`Authenticator`] trait and
 //! the built-in HS256 JWT implementation, [`JwtAuthenticator`].
+//!
+//! ## Where the user id comes from
+//!
+//! Behind a gateway, the gateway authenticates the user and injects the
+//! user id header (`x-user-id`); the token must then be issued to that user
+//! (`sub` = header, else 403). Browsers cannot set that header, so with the
+//! option `user_id_from_token` (off by default) a request *without* the
+//! header is identified by its token instead: the user is the `sub` of the
+//! verified token. This weakens nothing:
+//!
+//! - every connection still needs a token that verifies (signature, `exp`):
+//!   a client can only ever be the subject of a token signed with the
+//!   secret, exactly as before, since the token had to name the header's
+//!   user anyway;
+//! - when the header *is* present the gateway stays authoritative: a token
+//!   for anybody else is refused (403), so a client cannot use a token to
+//!   overrule the gateway;
+//! - a present but malformed header is refused (401), never ignored in
+//!   favour of the token.
+//!
+//! Leave it off when every client comes through a gateway that always sets
+//! the header (then a request without it is a misrouted one, and 401 says
+//! so). The [`Identity`] an authenticator returns is authoritative: its
+//! `user_id` (checked for shape: 1–128 visible ASCII bytes, else 401) is the
+//! user the connection is registered under.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,8 +38,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct AuthRequest<'a> {
-    /// The user id from the gateway header (already checked for shape).
-    pub user_id: &'a str,
+    /// The user id from the gateway header (already checked for shape), or
+    /// `None` when the request has no such header and the option
+    /// `user_id_from_token` allows that: the authenticator then decides who
+    /// the user is from the token alone, or refuses. (Without that option a
+    /// request without the header is refused with 401 before any
+    /// authenticator runs, so an authenticator that cannot identify users
+    /// from tokens may simply refuse `None`.)
+    pub user_id: Option<&'a str>,
     /// The token from `Sec-WebSocket-Protocol`.
     pub token: &'a str,
     /// Every header of the upgrade request.
@@ -80,17 +111,21 @@ pub enum AuthError {
 /// #[async_trait]
 /// impl Authenticator for StaticToken {
 ///     async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Identity, AuthError> {
-///         if req.token == self.0 {
-///             Ok(Identity::new(req.user_id))
-///         } else {
-///             Err(AuthError::Unauthorized("unknown token".into()))
+///         match req.user_id {
+///             Some(user) if req.token == self.0 => Ok(Identity::new(user)),
+///             // A static token names no user: without the header, refuse.
+///             None => Err(AuthError::Unauthorized("no user id".into())),
+///             Some(_) => Err(AuthError::Unauthorized("unknown token".into())),
 ///         }
 ///     }
 /// }
 /// ```
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    /// Accepts the request as an [`Identity`], or refuses it.
+    /// Accepts the request as an [`Identity`], or refuses it. The returned
+    /// `user_id` is the one the connection is registered under (see
+    /// [`AuthRequest::user_id`] for when it may differ from the header: it
+    /// may not, unless the header is absent).
     ///
     /// # Errors
     ///
@@ -103,7 +138,8 @@ pub trait Authenticator: Send + Sync + 'static {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Claims {
-    /// Subject: must equal the `x-user-id` header.
+    /// Subject: must equal the `x-user-id` header when there is one; is the
+    /// user id when there is none (option `user_id_from_token`).
     pub sub: String,
     /// Expiry, Unix seconds. Required and enforced.
     pub exp: u64,
@@ -119,8 +155,9 @@ impl Claims {
     }
 }
 
-/// HS256 JWT checking: the token's `sub` must equal the user id header and
-/// its `exp` must be in the future.
+/// HS256 JWT checking: the token's `exp` must be in the future and its `sub`
+/// must equal the user id header; without the header (allowed by the option
+/// `user_id_from_token`) the user is the token's `sub`.
 ///
 /// Bad signature, malformed token, missing/expired `exp` → 401; a valid
 /// token for another user → 403.
@@ -199,22 +236,37 @@ impl JwtAuthenticator {
     /// `Unauthorized` for a bad signature, a malformed token or a missing
     /// or passed `exp`; `Forbidden` when `sub` is another user.
     pub fn verify(&self, user_id: &str, token: &str) -> Result<Claims, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| AuthError::Unauthorized(format!("invalid token: {e}")))?;
-        if data.claims.sub != user_id {
+        let claims = self.verify_token(token)?;
+        if claims.sub != user_id {
             return Err(AuthError::Forbidden(
                 "token subject does not match the user id".into(),
             ));
         }
-        Ok(data.claims)
+        Ok(claims)
+    }
+
+    /// Checks a token's signature and `exp`, whoever it was issued to (its
+    /// `sub` is then the user id).
+    ///
+    /// # Errors
+    ///
+    /// `Unauthorized` for a bad signature, a malformed token or a missing
+    /// or passed `exp`.
+    pub fn verify_token(&self, token: &str) -> Result<Claims, AuthError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| AuthError::Unauthorized(format!("invalid token: {e}")))
     }
 }
 
 #[async_trait]
 impl Authenticator for JwtAuthenticator {
     async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Identity, AuthError> {
-        self.verify(req.user_id, req.token)?;
-        Ok(Identity::new(req.user_id))
+        let claims = match req.user_id {
+            Some(user) => self.verify(user, req.token)?,
+            None => self.verify_token(req.token)?,
+        };
+        Ok(Identity::new(claims.sub))
     }
 }
 
@@ -253,6 +305,37 @@ mod tests {
             .unwrap();
         assert!(matches!(
             a.verify("alice", &expired),
+            Err(AuthError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            a.verify_token(&expired),
+            Err(AuthError::Unauthorized(_))
+        ));
+        assert_eq!(a.verify_token(&t).unwrap().sub, "alice");
+    }
+
+    #[tokio::test]
+    async fn authenticate_takes_the_subject_only_without_a_header() {
+        let a = JwtAuthenticator::new(b"k1");
+        let t = a.issue("alice", Duration::from_secs(60)).unwrap();
+        let headers = HeaderMap::new();
+        let req = |user_id| AuthRequest {
+            user_id,
+            token: &t,
+            headers: &headers,
+            peer: None,
+        };
+        let id = a.authenticate(&req(None)).await.unwrap();
+        assert_eq!(id.user_id, "alice");
+        let id = a.authenticate(&req(Some("alice"))).await.unwrap();
+        assert_eq!(id.user_id, "alice");
+        assert!(matches!(
+            a.authenticate(&req(Some("bob"))).await,
+            Err(AuthError::Forbidden(_))
+        ));
+        let other = JwtAuthenticator::new(b"k2");
+        assert!(matches!(
+            other.authenticate(&req(None)).await,
             Err(AuthError::Unauthorized(_))
         ));
     }

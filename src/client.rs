@@ -18,6 +18,7 @@ use crate::hub::policy::{RoomPolicy, StateChange};
 use crate::hub::presence::ActivityError;
 use crate::hub::rooms::RoomError;
 use crate::hub::{Hub, Payload};
+use crate::logs::ns;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::options::Options;
 use crate::protocol::close::{code, CloseRequest, DisconnectReason};
@@ -601,7 +602,8 @@ impl WsClient {
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let (inner, hub) = (&self.inner, self.hub());
         let conns = hub.registry.close();
-        tracing::info!(connections = conns.len(), "shutting down");
+        let ns = ns(&hub.options.name);
+        tracing::info!(ns, connections = conns.len(), "shutting down");
         // In a cluster, release this node's users, members and activities
         // first: the other nodes see the leaves now, not after the closes.
         self.node().stop().await;
@@ -623,7 +625,11 @@ impl WsClient {
                 unfinished += 1;
                 c.reader_wake.notify_one();
             });
-            tracing::warn!(unfinished, "shutdown deadline passed: cutting connections");
+            tracing::warn!(
+                ns,
+                unfinished,
+                "shutdown deadline passed: cutting connections"
+            );
         }
         ShutdownReport {
             closed: conns.len(),

@@ -4,6 +4,8 @@
 //! were suppressed, so a flood of bad clients cannot flood the log.
 //! Imports nothing else of the crate.
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,6 +40,26 @@ impl LogBudget {
     }
 }
 
+/// A peer address as a log field: `127.0.0.1:5000`, or `-` when unknown
+/// (never `Some(..)`).
+pub(crate) struct PeerAddr(pub Option<SocketAddr>);
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// The `ns` field of a log line or span: the endpoint's name (option
+/// `name`), so that two `WsClient`s of one process can be told apart; no
+/// field at all when the name is empty.
+pub(crate) fn ns(name: &str) -> Option<tracing::field::DisplayValue<&str>> {
+    (!name.is_empty()).then(|| tracing::field::display(name))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -49,5 +71,12 @@ mod tests {
             b.suppressed.load(std::sync::atomic::Ordering::Relaxed),
             100 - written as u64
         );
+    }
+
+    #[test]
+    fn peer_addresses_print_as_addresses() {
+        let a: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert_eq!(super::PeerAddr(Some(a)).to_string(), "127.0.0.1:5000");
+        assert_eq!(super::PeerAddr(None).to_string(), "-");
     }
 }

@@ -213,6 +213,22 @@ options! {
     /// without its slashes (`/lobby` → `lobby`, `/` → `root`).
     metrics_namespace, with_metrics_namespace: String = String::new(),
         "EDK_WS_METRICS_NAMESPACE" via label_value;
+
+    // browsers (issue 11)
+    /// `true`: a request *without* the user id header is identified by its
+    /// token (for [`JwtAuthenticator`](crate::JwtAuthenticator): the verified
+    /// token's `sub`), so that browsers, which cannot set headers on a
+    /// WebSocket, can connect directly. A request *with* the header is
+    /// checked as always (the token must be issued to that user). `false`
+    /// (the gateway setting): no header → 401. See the security notes of
+    /// [`AuthRequest::user_id`](crate::AuthRequest::user_id).
+    user_id_from_token, with_user_id_from_token: bool = false,
+        "EDK_WS_USER_ID_FROM_TOKEN" via boolean;
+    /// This endpoint's name in the log (the `ns` field of its connection
+    /// spans and handshake refusals), to tell two `WsClient`s of one process
+    /// apart, e.g. `lobby`. Empty: no `ns` field.
+    name, with_name: String = String::new(),
+        "EDK_WS_NAME" via text;
 }
 
 impl Options {
@@ -330,6 +346,10 @@ mod parse {
         }
     }
 
+    pub fn text(v: &str) -> Result<String, String> {
+        Ok(v.to_owned())
+    }
+
     pub fn list(v: &str) -> Result<Vec<String>, String> {
         Ok(v.split(',')
             .map(|s| s.trim().to_owned())
@@ -374,8 +394,12 @@ mod tests {
             ("SERVER_ONLINE_ACTIVITIES_DISABLED", "true"),
             ("EDK_WS_MAX_MEMBERS_PER_ROOM", "0"),
             ("EDK_WS_USER_ID_HEADER", "X-Gateway-User"),
+            ("EDK_WS_USER_ID_FROM_TOKEN", "yes"),
+            ("EDK_WS_NAME", " lobby "),
         ])
         .unwrap();
+        assert!(o.user_id_from_token);
+        assert_eq!(o.name, "lobby");
         assert!(o.kick_out_new_user_conn);
         assert_eq!(o.ping_interval, Duration::from_millis(500));
         assert_eq!(

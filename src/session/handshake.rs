@@ -14,21 +14,26 @@
 //! | `Sec-WebSocket-Version: 13` | 426 (with `Sec-WebSocket-Version: 13`) |
 //! | not shutting down | 503 |
 //! | `Origin` allowed (when an allow-list is set) | 403 |
-//! | user id header: 1–128 bytes of visible ASCII | 401 |
+//! | user id header: 1–128 bytes of visible ASCII (may be absent with `user_id_from_token`) | 401 |
 //! | exactly one token in `Sec-WebSocket-Protocol` | 401 |
 //! | the [`Authenticator`](crate::Authenticator) accepts it | 401 / 403 |
 //! | one connection per user (`kick_out_new_user_conn = true`) | 409 |
+//!
+//! Every refusal is logged at info in a `handshake` span (`ns`, `peer`) with
+//! its status and reason, at most 10 lines a second across the process (a
+//! flood of refusals cannot flood the log; suppressed lines are counted in
+//! the next one written), and counted in the metrics.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tracing::debug;
+use tracing::{info, Instrument};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
@@ -36,6 +41,7 @@ use super::task;
 use super::Endpoint;
 use crate::auth::{AuthError, AuthRequest};
 use crate::backplane::{AdmitError, Admitted};
+use crate::logs::{ns, LogBudget, PeerAddr};
 use crate::metrics::Refusal;
 use crate::protocol::PROTOCOL;
 
@@ -46,15 +52,44 @@ pub(crate) fn filter(
         .and(warp::header::headers_cloned())
         .and(warp::addr::remote())
         .and(warp::ext::optional::<OnUpgrade>())
-        .then(move |method, headers, peer, on_upgrade| {
-            let inner = inner.clone();
-            async move { handshake(inner, method, headers, peer, on_upgrade).await }
-        })
+        .then(
+            move |method, headers, peer: Option<SocketAddr>, on_upgrade| {
+                let inner = inner.clone();
+                let span = tracing::info_span!(
+                    "handshake",
+                    ns = ns(&inner.hub().options.name),
+                    peer = %PeerAddr(peer)
+                );
+                async move { handshake(inner, method, headers, peer, on_upgrade).await }
+                    .instrument(span)
+            },
+        )
 }
 
 fn refuse(inner: &Endpoint, why: Refusal, status: StatusCode, text: &'static str) -> Response {
+    refuse_because(inner, why, status, text, "")
+}
+
+/// A refusal with its `detail` for the log (e.g. why a token was refused;
+/// the client gets only `text`).
+fn refuse_because(
+    inner: &Endpoint,
+    why: Refusal,
+    status: StatusCode,
+    text: &'static str,
+    detail: &str,
+) -> Response {
+    static LOG: LazyLock<LogBudget> = LazyLock::new(|| LogBudget::new(10));
     inner.hub().metrics.refuse(why);
-    debug!(status = status.as_u16(), text, "handshake refused");
+    if let Some(suppressed) = LOG.admit() {
+        info!(
+            status = status.as_u16(),
+            reason = text,
+            detail = (!detail.is_empty()).then_some(detail),
+            suppressed = (suppressed > 0).then_some(suppressed),
+            "handshake refused"
+        );
+    }
     warp::reply::with_status(text, status).into_response()
 }
 
@@ -117,16 +152,30 @@ async fn handshake(
             "origin not allowed",
         );
     }
-    let Some(user_id) = headers
-        .get(options.user_id_header.as_str())
-        .and_then(|v| valid_user_id(v.as_bytes()))
-    else {
-        return refuse(
-            &inner,
-            Unauthorized,
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid user id header",
-        );
+    // No header: the token names the user, when the option allows it (see
+    // `auth.rs` for why that is safe). A header that is present but invalid
+    // is refused, never ignored in favour of the token.
+    let user_id = match headers.get(options.user_id_header.as_str()) {
+        Some(v) => match valid_user_id(v.as_bytes()) {
+            Some(user) => Some(user),
+            None => {
+                return refuse(
+                    &inner,
+                    Unauthorized,
+                    StatusCode::UNAUTHORIZED,
+                    "invalid user id header",
+                )
+            }
+        },
+        None if options.user_id_from_token => None,
+        None => {
+            return refuse(
+                &inner,
+                Unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "missing user id header",
+            )
+        }
     };
     let Some((token, offered_protocol)) = parse_protocols(&headers) else {
         return refuse(
@@ -145,19 +194,20 @@ async fn handshake(
     let identity = match inner.auth.authenticate(&req).await {
         Ok(id) => id,
         Err(AuthError::Unauthorized(why)) => {
-            debug!(user = user_id, %why, "token refused");
-            return refuse(
+            return refuse_because(
                 &inner,
                 Unauthorized,
                 StatusCode::UNAUTHORIZED,
                 "invalid token",
+                &why,
             );
         }
         Err(AuthError::Forbidden(why)) => {
-            debug!(user = user_id, %why, "token forbidden");
-            return refuse(&inner, Forbidden, StatusCode::FORBIDDEN, "forbidden");
+            return refuse_because(&inner, Forbidden, StatusCode::FORBIDDEN, "forbidden", &why);
         }
     };
+    // The identity is authoritative: whatever user it names (with the
+    // header, the authenticator may still map it), checked for shape here.
     let Some(user) = valid_user_id(identity.user_id.as_bytes()) else {
         return refuse(
             &inner,

@@ -39,7 +39,7 @@ use super::Endpoint;
 use crate::conn::{Conn, Connection};
 use crate::io::outbuf::{CoalescingIo, OutBuf};
 use crate::io::transport::{self, Transport};
-use crate::logs::LogBudget;
+use crate::logs::{ns, LogBudget, PeerAddr};
 use crate::metrics::{Handling, Metrics};
 use crate::protocol::close::{code, CloseRequest, DisconnectReason};
 use crate::protocol::codec;
@@ -56,7 +56,7 @@ pub(crate) fn run(
 ) -> impl Future<Output = ()> {
     // No parent: the connection outlives the HTTP request that opened it,
     // and a child span would keep the request's span open as long.
-    let span = tracing::info_span!(parent: None, "ws", user = %conn.user_id(), conn = conn.id(), peer = ?conn.peer());
+    let span = tracing::info_span!(parent: None, "ws", ns = ns(&inner.hub().options.name), user = %conn.user_id(), conn = conn.id(), peer = %PeerAddr(conn.peer()));
     async move {
         // Boxed: opening is brief, its future need not be part of every
         // connection task for the connection's whole life. (Matched as a
