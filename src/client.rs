@@ -369,6 +369,11 @@ impl WsClient {
         self.hub().metrics.snapshot()
     }
 
+    /// The live counters, for the serving path (`crate::serve`).
+    pub(crate) fn metrics_handle(&self) -> Arc<Metrics> {
+        self.hub().metrics.clone()
+    }
+
     /// Shuts the endpoint down: new upgrades get 503 and sends fail with
     /// `ShuttingDown`; every connection gets what was queued for it, then
     /// close 1001; every disconnect handler runs. Returns when all

@@ -70,6 +70,7 @@ mod logs;
 mod metrics;
 mod options;
 mod protocol;
+mod serve;
 mod session;
 mod subscribers;
 
@@ -87,6 +88,8 @@ pub use options::{Options, OptionsError};
 pub use protocol::close::{self, DisconnectReason};
 pub use protocol::proto::{self, Activity, Member, Members, Message, Status};
 pub use protocol::PROTOCOL;
+pub use serve::serve;
+pub use session::serve::{remote_addr, Server};
 pub use subscribers::Subscription;
 
 /// Support for the criterion benches (`benches/`), behind the `bench`

@@ -10,12 +10,23 @@
 //! `Activities` frame (encoded once, through [`Hub::deliver`]) with all of
 //! them — except a user whose only change in the batch is their own. So N
 //! users changing at once cost each recipient one frame per window, not N.
+//!
+//! **The cost rule.** Everyone sees everyone, so presence costs grow with
+//! users²: N users each changing once cost N² activity entries delivered.
+//! They are spread so that they never starve message traffic: a window
+//! carries at most 256 changes (the rest wait for the next windows, so a
+//! storm of N changes settles in ⌈N/256⌉ windows), and its one frame is
+//! pushed to the connections in slices of 256 with a yield to the runtime
+//! between slices. Per window that is at most N pushes of one frame of
+//! ≤ 256 entries (≈ 12 KiB), done in ⌈N/256⌉ short steps.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use parking_lot::{Mutex, RwLock};
 
 use super::{Hub, Payload, Target};
@@ -43,6 +54,9 @@ pub(crate) type ActivityFn = dyn Fn(&Activity) + Send + Sync;
 /// window (deferred, not dropped), so a frame stays far below any queue
 /// limit whatever the storm.
 const MAX_PER_BATCH: usize = 256;
+
+/// Connections one slice of a presence fan-out pushes to before it yields.
+pub(crate) const SLICE: usize = 256;
 
 /// Who set an activity: the connection's id and ownership epoch.
 #[derive(Clone, Copy)]
@@ -175,11 +189,17 @@ impl Hub {
             }
         }
         self.presence.pending.lock().insert(user, activity);
-        self.schedule_flush(|h| &h.presence.flush_scheduled, Hub::flush_presence);
+        self.schedule_sliced_flush(|h| &h.presence.flush_scheduled, Hub::flush_presence);
     }
 
-    /// Sends the pending batch to every connected user.
-    pub fn flush_presence(self: &Arc<Self>) {
+    /// Sends the pending batch to every connected user, in slices of
+    /// [`SLICE`] connections with a yield between them (see the module
+    /// docs: the cost rule).
+    pub fn flush_presence(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        async move { self.flush_presence_now().await }.boxed()
+    }
+
+    async fn flush_presence_now(self: Arc<Self>) {
         let p = &self.presence;
         p.flush_scheduled.store(false, Ordering::Release);
         let (pending, more) = {
@@ -196,7 +216,7 @@ impl Hub {
             }
         };
         if more {
-            self.schedule_flush(|h| &h.presence.flush_scheduled, Hub::flush_presence);
+            self.schedule_sliced_flush(|h| &h.presence.flush_scheduled, Hub::flush_presence);
         }
         if pending.is_empty() {
             return;
@@ -214,14 +234,32 @@ impl Hub {
             }),
         ));
         let except = only.as_deref();
-        if let Ok(report) = self.deliver(Target::All { except }, &frame) {
-            if !report.failed.is_empty() {
-                tracing::debug!(
-                    dropped = report.failed.len(),
-                    "activity batch not queued for some connections"
-                );
-            }
+        let failed = self.deliver_all_in_slices(except, &frame).await;
+        if failed > 0 {
+            tracing::debug!(
+                dropped = failed,
+                "activity batch not queued for some connections"
+            );
         }
+    }
+
+    /// Delivers `payload` to every connection here but `except`'s, in
+    /// slices of [`SLICE`] connections, yielding to other tasks (message
+    /// traffic) after each. Returns how many were not queued.
+    async fn deliver_all_in_slices(&self, except: Option<&str>, payload: &Payload) -> usize {
+        let (mut handles, mut failed) = (Vec::new(), 0);
+        for shard in 0..super::registry::SHARDS {
+            self.registry.handles(shard, &mut handles);
+            for conns in handles.chunks(SLICE) {
+                let target = Target::Slice { conns, except };
+                if let Ok(report) = self.deliver(target, payload) {
+                    failed += report.failed.len();
+                }
+                tokio::task::yield_now().await;
+            }
+            handles.clear();
+        }
+        failed
     }
 }
 
@@ -254,12 +292,12 @@ mod tests {
         let (a, b) = (connect(&hub, "a"), connect(&hub, "b"));
         hub.set_activity(&a, Status::Busy, "x".into());
         hub.set_activity(&a, Status::Online, "y".into());
-        hub.flush_presence();
+        futures::executor::block_on(hub.clone().flush_presence());
         assert!(drain(&a).is_empty(), "a change of one's own is not echoed");
         assert_eq!(batch(&drain(&b)), [("a".to_owned(), Status::Online as i32)]);
         hub.set_activity(&b, Status::Away, String::new());
         hub.activity_gone(&a);
-        hub.flush_presence();
+        futures::executor::block_on(hub.clone().flush_presence());
         let mut got = batch(&drain(&b));
         got.sort();
         assert_eq!(
