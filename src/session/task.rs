@@ -255,16 +255,15 @@ async fn read_loop(
             () = &mut slow, if over_since.is_some() => {
                 let watched = over_since.take();
                 match conn.queue.over_since() {
-                    Some(since) if Some(since) == watched => {
-                        if conn.queue.close_if_over_since(since) {
-                            conn.reader_wake.notify_one();
-                        }
+                    // Over the limits all along: a slow consumer.
+                    Some(since) if Some(since) == watched && conn.queue.close_if_over_since(since) => {
+                        conn.reader_wake.notify_one();
                     }
-                    Some(since) => {
+                    Some(since) if Some(since) != watched => {
                         over_since = Some(since);
                         slow.as_mut().reset(since + grace);
                     }
-                    None => {}
+                    _ => {}
                 }
             }
             () = &mut sleep => {
