@@ -51,7 +51,7 @@ use crate::subscribers::Subscription;
 /// });
 /// let routes = warp::path("ws").and(warp::path::end()).and(client.handler());
 /// let listener = edk_ws::bind("127.0.0.1:8080".parse().unwrap())?;
-/// warp::serve(routes).incoming(listener).run().await;
+/// edk_ws::serve(routes, listener, &client).run().await;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

@@ -16,7 +16,9 @@
 //!     async move { let _ = echo.send(conn.user_id(), msg); }
 //! });
 //! let routes = warp::path("ws").and(warp::path::end()).and(ws.handler());
-//! warp::serve(routes).incoming(edk_ws::bind("127.0.0.1:8080".parse()?)?).run().await;
+//! // `edk_ws::serve`, not `warp::serve`: a handshake deadline, caps on
+//! // pending connections, bounded request heads (see [`serve`]).
+//! edk_ws::serve(routes, edk_ws::bind("127.0.0.1:8080".parse()?)?, &ws).run().await;
 //! # Ok(()) }
 //! ```
 //!

@@ -310,6 +310,30 @@ mod tests {
         assert_eq!(hub.presence.list().len(), 1);
     }
 
+    /// A batch reaches every connection, in slices that each end with a
+    /// yield to the runtime (so message traffic is not starved).
+    #[test]
+    fn the_fan_out_yields_between_slices() {
+        let hub = manual();
+        let conns: Vec<_> = (0..3 * SLICE)
+            .map(|i| connect(&hub, &format!("u{i}")))
+            .collect();
+        hub.set_activity(&conns[0], Status::Online, String::new());
+        let mut flush = hub.clone().flush_presence();
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut yields = 0;
+        while flush.as_mut().poll(&mut cx).is_pending() {
+            yields += 1;
+            assert!(yields < 1_000, "the flush never ends");
+        }
+        assert!(yields >= 3, "{yields} yields for {} connections", 3 * SLICE);
+        assert!(drain(&conns[0]).is_empty());
+        for c in &conns[1..] {
+            assert_eq!(batch(&drain(c)), [("u0".to_owned(), Status::Online as i32)]);
+        }
+    }
+
     #[test]
     fn the_newer_connection_owns_the_activity() {
         let hub = manual();
