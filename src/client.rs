@@ -75,8 +75,12 @@ impl WsClient {
     pub fn new(options: Options, authenticator: impl Authenticator) -> Self {
         let hub = Hub::new(options.sanitized(), Arc::new(Metrics::default()));
         let node = Node::new(hub, Arc::new(LocalBackplane::new()));
+        Self::from_endpoint(Endpoint::new(node, Box::new(authenticator)))
+    }
+
+    pub(crate) fn from_endpoint(endpoint: Endpoint) -> Self {
         WsClient {
-            inner: Arc::new(Endpoint::new(node, Box::new(authenticator))),
+            inner: Arc::new(endpoint),
         }
     }
 

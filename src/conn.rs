@@ -5,10 +5,15 @@
 //! `session::task`; it imports nothing above itself.
 //!
 //! The send queue is bounded, drained in batches by the connection's single
-//! writer task, and carries the close request that ends the connection. A
-//! queue that overflows (by count or bytes) is a slow consumer: what is
-//! queued is dropped and a 4003 close is requested, so one client that does
-//! not read never holds memory or delays anyone else.
+//! writer task, and carries the close request that ends the connection. Its
+//! backlog (queued, and taken by the writer but not yet written) may go
+//! over the soft limits (`send_queue_capacity`, `send_queue_max_bytes`)
+//! while the client catches up; a backlog over them for longer than
+//! `slow_consumer_grace` (watched by the reader), or over the hard limits
+//! at once, is a slow consumer: what is queued is dropped and a 4003 close
+//! is requested, so one client that does not read never holds more than
+//! the hard limits or delays anyone else, and one that reads is not closed
+//! for being behind a burst.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

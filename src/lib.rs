@@ -27,7 +27,8 @@
 //! 1. `io/transport.rs` — the TCP socket taken back from hyper's upgrade
 //!    (`TCP_NODELAY` on); tungstenite reads frames from it.
 //! 2. `session/task.rs` — `read_loop` gets each binary frame; `on_frame`
-//!    counts it and
+//!    counts it, checks the cost rule (`protocol/cost.rs`) and the inbound
+//!    budget (`session/budget.rs`), and
 //! 3. `protocol/codec.rs` — `decode_inbound` decodes the `Message` (the
 //!    payload shares the frame's buffer) and stamps `sender` and
 //!    `timestamp_ms`; back in `on_frame`, a message with `control` or
@@ -46,7 +47,8 @@
 //!    recipients up and pushes the shared bytes to each (a recipient on
 //!    another node is handed to the backplane's `Forward` instead);
 //! 3. `conn.rs` — `Connection::push` → `SendQueue::push`: bounded by count
-//!    and bytes (overflow closes the connection with 4003), wakes the writer;
+//!    and bytes (a backlog over them for `slow_consumer_grace`, or over the
+//!    hard limits, closes the connection with 4003), wakes the writer;
 //! 4. `session/task.rs` — `write_loop`, the connection's single writer,
 //!    takes the whole queue at once and appends every frame to
 //! 5. `io/outbuf.rs` — the connection's output buffer, written to the
@@ -66,6 +68,9 @@ mod backplane;
 mod client;
 mod conn;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 mod io;
 mod logs;

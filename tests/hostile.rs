@@ -542,3 +542,24 @@ async fn graceful_shutdown_of_the_server_closes_pending_connections() {
     tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
 }
+
+/// Under `edk_ws::serve` the peer address reaches the connection and the
+/// `edk_ws::remote_addr()` filter (warp's own filter cannot see it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_address_is_known_under_serve() {
+    use warp::Filter;
+    let listener = edk_ws::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ws = edk_ws::WsClient::new(Options::default(), edk_ws::JwtAuthenticator::new(SECRET));
+    let routes = warp::path("ip")
+        .and(edk_ws::remote_addr())
+        .map(|a: Option<SocketAddr>| a.map(|a| a.ip().to_string()).unwrap_or_default());
+    tokio::spawn(edk_ws::serve(routes, listener, &ws).run());
+    let mut s = connect_from([127, 0, 0, 9], addr).await;
+    s.write_all(b"GET /ip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let response = String::from_utf8(read_until_closed(&mut s).await).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("\r\n\r\n127.0.0.9"), "{response}");
+}

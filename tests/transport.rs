@@ -144,3 +144,51 @@ async fn a_unix_socket_is_served_directly() {
     assert_eq!(reply.sender, "carol");
     assert_eq!(client.metrics().tcp_nodelay_unavailable, 0);
 }
+
+/// Plain `warp::serve` (not `edk_ws::serve`, which the harness uses)
+/// still works: the TcpStream is recovered from warp's own server, and
+/// the peer address comes from warp's filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_warp_serve_still_recovers_the_tcp_stream() {
+    use edk_ws::JwtAuthenticator;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use warp::Filter;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let jwt = JwtAuthenticator::new(SECRET);
+    let client = WsClient::new(Options::default(), jwt.clone());
+    let c2 = client.clone();
+    client.subscribe_message_handler(move |conn, mut m| {
+        m.r#type = conn
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let _ = c2.send(conn.user_id(), m);
+        async {}
+    });
+    let routes = warp::path("ws").and(client.handler());
+    tokio::spawn(warp::serve(routes).incoming(listener).run());
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    let token = jwt
+        .issue("dave", std::time::Duration::from_secs(60))
+        .unwrap();
+    let h = req.headers_mut();
+    h.insert("x-user-id", HeaderValue::from_static("dave"));
+    h.insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&format!("edk.ws.v1, {token}")).unwrap(),
+    );
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake timed out")
+        .expect("handshake failed");
+    send(&mut ws, &msg("w", "echo", b"")).await;
+    let reply = recv(&mut ws).await;
+    assert_eq!(
+        (reply.id.as_str(), reply.r#type.as_str()),
+        ("w", "127.0.0.1")
+    );
+    assert_eq!(client.metrics().tcp_nodelay_unavailable, 0);
+}

@@ -343,7 +343,7 @@ async fn read_loop(
 
 /// A connection's budgets: module requests, and every inbound frame.
 #[derive(Default)]
-struct Budgets {
+pub(crate) struct Budgets {
     requests: control::Limiter,
     inbound: Inbound,
 }
@@ -351,7 +351,7 @@ struct Budgets {
 /// One binary frame: the cost rule and the inbound budget (both before
 /// decoding), decode, then the module's request handling or the
 /// application's message handlers.
-async fn on_frame(
+pub(crate) async fn on_frame(
     inner: &Arc<Endpoint>,
     conn: &Arc<Connection>,
     handle: &Conn,
