@@ -225,10 +225,9 @@ async fn read_loop(
     let sleep = tokio::time::sleep_until(last_seen + idle);
     tokio::pin!(sleep);
     // The slow-consumer watch: since when the send queue is over its
-    // limits, and the end of its grace period.
+    // limits; its grace period ends at `since + grace`. It shares the one
+    // timer (a second would cost every idle connection its size).
     let mut over_since: Option<Instant> = None;
-    let slow = tokio::time::sleep_until(last_seen);
-    tokio::pin!(slow);
     loop {
         tokio::select! {
             biased;
@@ -248,26 +247,25 @@ async fn read_loop(
                 if over_since.is_none() && closing_until.is_none() {
                     if let Some(since) = conn.queue.over_since() {
                         over_since = Some(since);
-                        slow.as_mut().reset(since + grace);
+                        if since + grace < sleep.deadline() {
+                            sleep.as_mut().reset(since + grace);
+                        }
                     }
-                }
-            }
-            () = &mut slow, if over_since.is_some() => {
-                let watched = over_since.take();
-                match conn.queue.over_since() {
-                    // Over the limits all along: a slow consumer.
-                    Some(since) if Some(since) == watched && conn.queue.close_if_over_since(since) => {
-                        conn.reader_wake.notify_one();
-                    }
-                    Some(since) if Some(since) != watched => {
-                        over_since = Some(since);
-                        slow.as_mut().reset(since + grace);
-                    }
-                    _ => {}
                 }
             }
             () = &mut sleep => {
                 let now = Instant::now();
+                if let Some(watched) = over_since.filter(|s| closing_until.is_none() && now >= *s + grace) {
+                    over_since = None;
+                    match conn.queue.over_since() {
+                        // Over the limits all along: a slow consumer.
+                        Some(since) if since == watched && conn.queue.close_if_over_since(since) => {
+                            conn.reader_wake.notify_one();
+                        }
+                        Some(since) if since != watched => over_since = Some(since),
+                        _ => {}
+                    }
+                }
                 if let Some(until) = closing_until {
                     if now >= until {
                         debug!("close timeout: dropping the connection");
@@ -284,6 +282,11 @@ async fn read_loop(
                     sleep.as_mut().reset(now + close_timeout);
                 } else {
                     sleep.as_mut().reset(last_seen + idle);
+                }
+                if let Some(at) = over_since.filter(|_| closing_until.is_none()).map(|s| s + grace) {
+                    if at < sleep.deadline() {
+                        sleep.as_mut().reset(at);
+                    }
                 }
             }
             item = stream.next() => {
