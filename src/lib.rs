@@ -105,6 +105,7 @@ pub use subscribers::Subscription;
 #[doc(hidden)]
 pub mod bench {
     pub use crate::protocol::codec::{decode_inbound, encode_outbound};
+    pub use crate::protocol::cost::{scan, Limits};
 }
 
 /// The README's examples, compiled as doctests.

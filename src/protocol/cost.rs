@@ -28,14 +28,17 @@ use std::ops::Range;
 
 /// The limits of the rule (see the module docs).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub struct Limits {
+    /// `max_metadata_entries`.
     pub metadata_entries: usize,
+    /// `max_metadata_bytes`.
     pub metadata_bytes: usize,
     /// Entries of every other map and list, in all.
     pub entries: usize,
 }
 
 impl Limits {
+    /// The limits for these options (see the module docs).
     pub fn new(
         max_metadata_entries: usize,
         max_metadata_bytes: usize,
@@ -56,7 +59,7 @@ impl Limits {
 
 /// Why a frame was refused before decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
+pub enum Refused {
     /// Over a limit of the rule: close 1009 with this text.
     Over(&'static str),
     /// Not a protobuf message at all: close 1007.
@@ -65,7 +68,7 @@ pub(crate) enum Refused {
 
 /// What the walk read of an acceptable frame.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Scan {
+pub struct Scan {
     /// The bytes of the (last) `id` field, as a range of the frame.
     pub id: Range<usize>,
     /// `room` non-empty or a `control` verb present: a module request.
@@ -142,7 +145,7 @@ struct Counts {
 }
 
 /// Walks `frame` (an inbound `Message`) under `limits`.
-pub(crate) fn scan(frame: &[u8], limits: &Limits) -> Result<Scan, Refused> {
+pub fn scan(frame: &[u8], limits: &Limits) -> Result<Scan, Refused> {
     let mut counts = Counts::default();
     let mut scan = Scan::default();
     walk(frame, 0, Msg::Message, limits, &mut counts, &mut scan)?;
