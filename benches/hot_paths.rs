@@ -3,7 +3,10 @@
 //! - decoding a `Message` (payload shared with the frame) vs a copying decode;
 //! - encoding a broadcast once for N recipients vs once per recipient;
 //! - `send` to one of 10,000 users (registry lookup + queue push);
-//! - room publish to 1,000 members (no sockets) vs 1,000 single sends.
+//! - room publish to 1,000 members (no sockets) vs 1,000 single sends;
+//! - the cost rule's walk of a 1 MiB frame of ~100,000 tiny `metadata`
+//!   entries (refused) vs decoding that frame, and vs decoding a plain
+//!   1 MiB payload.
 //!
 //! Socket-less connections come from
 //! `WsClient::bench_attach` (feature `bench`), and their queues are drained
@@ -144,13 +147,43 @@ fn room_publish(c: &mut Criterion) {
     g.finish();
 }
 
+/// The heavy message: what refusing it costs now (the walk stops
+/// at the 65th entry), what decoding it used to cost, and a plain 1 MiB
+/// payload for scale.
+fn heavy_metadata(c: &mut Criterion) {
+    let heavy = Message {
+        metadata: (0..100_000)
+            .map(|i| (i.to_string(), String::new()))
+            .collect(),
+        ..Default::default()
+    };
+    let heavy = Bytes::from(heavy.encode_to_vec());
+    let plain = Bytes::from(sample(1 << 20).encode_to_vec());
+    let limits = codec::Limits::new(64, 16 << 10, 64);
+    let mut g = c.benchmark_group("heavy_metadata_1MiB");
+    g.bench_function("cost_walk_refuses", |b| {
+        b.iter(|| assert!(codec::scan(black_box(&heavy), &limits).is_err()))
+    });
+    g.bench_function("cost_walk_plain_payload", |b| {
+        b.iter(|| assert!(codec::scan(black_box(&plain), &limits).is_ok()))
+    });
+    g.bench_function("baseline_decode_heavy", |b| {
+        b.iter(|| codec::decode_inbound(black_box(heavy.clone()), "alice").unwrap())
+    });
+    g.bench_function("baseline_decode_plain_payload", |b| {
+        b.iter(|| codec::decode_inbound(black_box(plain.clone()), "alice").unwrap())
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     decode,
     encode_broadcast,
     send_lookup,
     room_publish,
-    counters
+    counters,
+    heavy_metadata
 );
 criterion_main!(benches);
 

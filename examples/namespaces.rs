@@ -58,8 +58,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        warp::serve(routes)
-            .incoming(listener)
+        // Served with the limits and counters of `layout` (see `edk_ws::serve`).
+        edk_ws::serve(routes, listener, &layout)
             .graceful(async {
                 let _ = rx.await;
             })

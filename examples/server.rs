@@ -235,9 +235,10 @@ async fn main() -> ExitCode {
     }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // The crate's serving path: handshake deadline, pending-connection caps,
+    // bounded request heads, quiet logs (see the README's "Serving").
     let server = tokio::spawn(
-        warp::serve(routes)
-            .incoming(listener)
+        edk_ws::serve(routes, listener, &client)
             .graceful(async {
                 let _ = stop_rx.await;
             })

@@ -134,7 +134,7 @@ pub trait Authenticator: Send + Sync + 'static {
 }
 
 /// The claims [`JwtAuthenticator`] reads and [`JwtAuthenticator::issue`] writes.
-/// Built with [`Claims::new`].
+/// Built with [`Claims::new`] and the `with_*` methods.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Claims {
@@ -143,6 +143,14 @@ pub struct Claims {
     pub sub: String,
     /// Expiry, Unix seconds. Required and enforced.
     pub exp: u64,
+    /// Not before, Unix seconds. Optional; enforced when present, with the
+    /// same leeway as `exp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, Unix seconds. Optional, unless the authenticator has a
+    /// maximum token age ([`JwtAuthenticator::with_max_age`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 impl Claims {
@@ -151,28 +159,51 @@ impl Claims {
         Claims {
             sub: sub.into(),
             exp,
+            nbf: None,
+            iat: None,
         }
+    }
+
+    /// Sets `nbf`: the token is not valid before `nbf` (Unix seconds).
+    #[must_use]
+    pub fn with_nbf(mut self, nbf: u64) -> Self {
+        self.nbf = Some(nbf);
+        self
+    }
+
+    /// Sets `iat`: when the token was issued (Unix seconds).
+    #[must_use]
+    pub fn with_iat(mut self, iat: u64) -> Self {
+        self.iat = Some(iat);
+        self
     }
 }
 
-/// HS256 JWT checking: the token's `exp` must be in the future and its `sub`
-/// must equal the user id header; without the header (allowed by the option
-/// `user_id_from_token`) the user is the token's `sub`.
+/// HS256 JWT checking: the token's `exp` must be in the future and its `nbf`,
+/// if any, in the past (both with the same leeway); with
+/// [`with_max_age`](JwtAuthenticator::with_max_age), its `iat` must be
+/// present and recent enough. Its `sub` must equal the user id header;
+/// without the header (allowed by the option `user_id_from_token`) the user
+/// is the token's `sub`.
 ///
-/// Bad signature, malformed token, missing/expired `exp` → 401; a valid
+/// Bad signature, malformed token, missing/expired `exp`, `nbf` in the
+/// future, missing or too old `iat` (with a maximum age) → 401; a valid
 /// token for another user → 403.
 ///
 /// ```
 /// use std::time::Duration;
-/// let auth = edk_ws::JwtAuthenticator::new(b"secret");
+/// let auth = edk_ws::JwtAuthenticator::new(b"secret").with_max_age(Duration::from_secs(86_400));
 /// let token = auth.issue("alice", Duration::from_secs(3600)).unwrap();
 /// assert_eq!(token.split('.').count(), 3);
+/// assert!(auth.verify("alice", &token).is_ok());
 /// ```
 #[derive(Clone)]
 pub struct JwtAuthenticator {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    /// The oldest a token may be (from its `iat`), if limited.
+    max_age: Option<u64>,
 }
 
 impl std::fmt::Debug for JwtAuthenticator {
@@ -187,17 +218,29 @@ impl JwtAuthenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         JwtAuthenticator {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
             validation,
+            max_age: None,
         }
     }
 
-    /// Allows `seconds` of clock skew on `exp`.
+    /// Allows `seconds` of clock skew on `exp`, `nbf` and `iat`.
+    #[must_use]
     pub fn with_leeway(mut self, seconds: u64) -> Self {
         self.validation.leeway = seconds;
+        self
+    }
+
+    /// Refuses tokens issued more than `max_age` ago (plus the leeway),
+    /// and tokens without `iat` or with an `iat` in the future (beyond the
+    /// leeway): a stolen long-lived token stops working after `max_age`.
+    #[must_use]
+    pub fn with_max_age(mut self, max_age: std::time::Duration) -> Self {
+        self.max_age = Some(max_age.as_secs());
         self
     }
 
@@ -213,11 +256,9 @@ impl JwtAuthenticator {
         user_id: &str,
         ttl: std::time::Duration,
     ) -> Result<String, jsonwebtoken::errors::Error> {
-        let exp = unix_now_secs().saturating_add(ttl.as_secs());
-        self.issue_claims(&Claims {
-            sub: user_id.to_owned(),
-            exp,
-        })
+        let now = unix_now_secs();
+        let exp = now.saturating_add(ttl.as_secs());
+        self.issue_claims(&Claims::new(user_id, exp).with_iat(now))
     }
 
     /// Signs arbitrary claims (e.g. an already expired `exp`, for tests).
@@ -233,8 +274,10 @@ impl JwtAuthenticator {
     ///
     /// # Errors
     ///
-    /// `Unauthorized` for a bad signature, a malformed token or a missing
-    /// or passed `exp`; `Forbidden` when `sub` is another user.
+    /// `Unauthorized` for a bad signature, a malformed token, a missing
+    /// or passed `exp`, an `nbf` still ahead, or (with a maximum age) a
+    /// missing, future or too old `iat`; `Forbidden` when `sub` is another
+    /// user.
     pub fn verify(&self, user_id: &str, token: &str) -> Result<Claims, AuthError> {
         let claims = self.verify_token(token)?;
         if claims.sub != user_id {
@@ -250,12 +293,27 @@ impl JwtAuthenticator {
     ///
     /// # Errors
     ///
-    /// `Unauthorized` for a bad signature, a malformed token or a missing
-    /// or passed `exp`.
+    /// `Unauthorized` for a bad signature, a malformed token, a missing or
+    /// passed `exp`, an `nbf` in the future, or (with a maximum age) a
+    /// missing or too old `iat`.
     pub fn verify_token(&self, token: &str) -> Result<Claims, AuthError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|e| AuthError::Unauthorized(format!("invalid token: {e}")))
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| AuthError::Unauthorized(format!("invalid token: {e}")))?;
+        if let Some(max_age) = self.max_age {
+            let leeway = self.validation.leeway;
+            let now = unix_now_secs();
+            match data.claims.iat {
+                None => return Err(AuthError::Unauthorized("token has no iat".into())),
+                Some(iat) if iat > now.saturating_add(leeway) => {
+                    return Err(AuthError::Unauthorized("token issued in the future".into()))
+                }
+                Some(iat) if now > iat.saturating_add(max_age).saturating_add(leeway) => {
+                    return Err(AuthError::Unauthorized("token too old".into()))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(data.claims)
     }
 }
 
@@ -298,10 +356,7 @@ mod tests {
             Err(AuthError::Unauthorized(_))
         ));
         let expired = a
-            .issue_claims(&Claims {
-                sub: "alice".into(),
-                exp: unix_now_secs() - 10,
-            })
+            .issue_claims(&Claims::new("alice", unix_now_secs() - 10))
             .unwrap();
         assert!(matches!(
             a.verify("alice", &expired),
@@ -338,5 +393,45 @@ mod tests {
             other.authenticate(&req(None)).await,
             Err(AuthError::Unauthorized(_))
         ));
+    }
+
+    #[test]
+    fn nbf_is_enforced_with_the_leeway() {
+        let now = unix_now_secs();
+        let a = JwtAuthenticator::new(b"k").with_leeway(30);
+        let claims = |nbf| Claims::new("alice", now + 600).with_nbf(nbf);
+        let early = a.issue_claims(&claims(now + 120)).unwrap();
+        assert!(matches!(
+            a.verify("alice", &early),
+            Err(AuthError::Unauthorized(_))
+        ));
+        let skewed = a.issue_claims(&claims(now + 10)).unwrap();
+        assert!(a.verify("alice", &skewed).is_ok(), "within the leeway");
+        let ok = a.issue_claims(&claims(now - 10)).unwrap();
+        assert!(a.verify("alice", &ok).is_ok());
+    }
+
+    #[test]
+    fn max_age_needs_a_recent_iat() {
+        let now = unix_now_secs();
+        let a = JwtAuthenticator::new(b"k").with_max_age(Duration::from_secs(60));
+        let with_iat = |iat| Claims::new("alice", now + 600).with_iat(iat);
+        let fresh = a.issue_claims(&with_iat(now - 10)).unwrap();
+        assert!(a.verify("alice", &fresh).is_ok());
+        for bad in [
+            Claims::new("alice", now + 600),
+            with_iat(now - 120),
+            with_iat(now + 120),
+        ] {
+            let t = a.issue_claims(&bad).unwrap();
+            assert!(
+                matches!(a.verify("alice", &t), Err(AuthError::Unauthorized(_))),
+                "{bad:?}"
+            );
+        }
+        // Without a maximum age, iat is not needed.
+        let b = JwtAuthenticator::new(b"k");
+        let t = b.issue_claims(&Claims::new("alice", now + 600)).unwrap();
+        assert!(b.verify("alice", &t).is_ok());
     }
 }

@@ -53,7 +53,7 @@ use crate::subscribers::Subscription;
 /// });
 /// let routes = warp::path("ws").and(warp::path::end()).and(client.handler());
 /// let listener = edk_ws::bind("127.0.0.1:8080".parse().unwrap())?;
-/// warp::serve(routes).incoming(listener).run().await;
+/// edk_ws::serve(routes, listener, &client).run().await;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -95,30 +95,35 @@ impl WsClient {
     /// runtime, is logged and leaves the backplane down.
     pub fn new(options: Options, authenticator: impl Authenticator) -> Self {
         let options = options.sanitized();
-        match Self::build(options.clone(), Box::new(authenticator)) {
-            Ok(client) => {
-                if client.node().backplane().is_clustered() {
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(rt) => {
-                            let c = client.clone();
-                            rt.spawn(async move { c.node().start(Duration::ZERO).await });
-                        }
-                        Err(_) => tracing::error!(
-                            "redis_url is set but WsClient::new was called outside a tokio runtime: \
-                             the backplane stays down (use WsClient::connect)"
-                        ),
-                    }
-                }
-                client
-            }
+        let client = match Self::build(options.clone(), Box::new(authenticator)) {
+            Ok(client) => client,
             Err((e, auth)) => {
                 tracing::error!(error = %e, "cannot use the Redis backplane: running as a single process");
-                let options = options.with_redis_url(None);
-                match Self::build(options, auth) {
-                    Ok(client) => client,
-                    Err(_) => unreachable!("no redis_url: the local backplane always builds"),
-                }
+                let node = Node::new(
+                    Hub::new(options.with_redis_url(None), Arc::new(Metrics::default())),
+                    Arc::new(LocalBackplane::new()),
+                );
+                Self::from_endpoint(Endpoint::new(node, auth))
             }
+        };
+        if client.node().backplane().is_clustered() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let c = client.clone();
+                    rt.spawn(async move { c.node().start(Duration::ZERO).await });
+                }
+                Err(_) => tracing::error!(
+                    "redis_url is set but WsClient::new was called outside a tokio runtime: \
+                     the backplane stays down (use WsClient::connect)"
+                ),
+            }
+        }
+        client
+    }
+
+    pub(crate) fn from_endpoint(endpoint: Endpoint) -> Self {
+        WsClient {
+            inner: Arc::new(endpoint),
         }
     }
 
@@ -158,9 +163,7 @@ impl WsClient {
         };
         let hub = Hub::new(options, Arc::new(Metrics::default()));
         let node = Node::new(hub, backplane);
-        Ok(WsClient {
-            inner: Arc::new(Endpoint::new(node, auth)),
-        })
+        Ok(Self::from_endpoint(Endpoint::new(node, auth)))
     }
 
     /// This instance's node id in the cluster (with the local backplane:
@@ -590,6 +593,11 @@ impl WsClient {
             })
             .collect();
         crate::asyncapi::document(self.options(), &docs)
+    }
+
+    /// The live counters, for the serving path (`crate::serve`).
+    pub(crate) fn metrics_handle(&self) -> Arc<Metrics> {
+        self.hub().metrics.clone()
     }
 
     /// Shuts the endpoint down: new upgrades get 503 and sends fail with

@@ -5,10 +5,15 @@
 //! `session::task`; it imports nothing above itself.
 //!
 //! The send queue is bounded, drained in batches by the connection's single
-//! writer task, and carries the close request that ends the connection. A
-//! queue that overflows (by count or bytes) is a slow consumer: what is
-//! queued is dropped and a 4003 close is requested, so one client that does
-//! not read never holds memory or delays anyone else.
+//! writer task, and carries the close request that ends the connection. Its
+//! backlog (queued, and taken by the writer but not yet written) may go
+//! over the soft limits (`send_queue_capacity`, `send_queue_max_bytes`)
+//! while the client catches up; a backlog over them for longer than
+//! `slow_consumer_grace` (watched by the reader), or over the hard limits
+//! at once, is a slow consumer: what is queued is dropped and a 4003 close
+//! is requested, so one client that does not read never holds more than
+//! the hard limits or delays anyone else, and one that reads is not closed
+//! for being behind a burst.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,7 +24,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use tracing::warn;
+use tokio::time::Instant;
 
 use crate::error::SendError;
 use crate::metrics::Metrics;
@@ -31,14 +36,19 @@ pub(crate) struct SendQueue {
     state: Mutex<State>,
     /// Wakes the writer: something was queued or a close was requested.
     pub(crate) writer_wake: Notify,
-    max_messages: u32,
-    max_bytes: u32,
+    limits: QueueLimits,
 }
 
 #[derive(Default)]
 struct State {
     msgs: VecDeque<Bytes>,
     bytes: usize,
+    /// What the writer took and has not finished writing.
+    in_flight_msgs: usize,
+    in_flight_bytes: usize,
+    /// Since when the backlog (queued and in flight) is over the soft
+    /// limits; `None` while within them.
+    over_since: Option<Instant>,
     close: Option<CloseRequest>,
     /// The peer is gone or closed: nothing more may be queued.
     ended: bool,
@@ -51,37 +61,43 @@ pub(crate) struct Batch {
     pub ended: bool,
 }
 
+/// The slow-consumer close: what is queued is dropped.
+fn slow_consumer() -> CloseRequest {
+    let mut req = CloseRequest::new(
+        code::SLOW_CONSUMER,
+        "slow consumer",
+        DisconnectReason::SlowConsumer,
+    );
+    req.discard_queue = true;
+    req
+}
+
 impl SendQueue {
-    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+    pub fn new(limits: QueueLimits) -> Self {
         SendQueue {
             state: Mutex::new(State::default()),
             writer_wake: Notify::new(),
-            max_messages: max_messages.clamp(1, u32::MAX as usize) as u32,
-            max_bytes: max_bytes.clamp(1, u32::MAX as usize) as u32,
+            limits: limits.sanitized(),
         }
     }
 
-    /// Queues one encoded message. On overflow what is queued is dropped, a
-    /// 4003 close is requested and `QueueFull` returned (once: later pushes
-    /// get `Closed`).
-    pub fn push(&self, frame: Bytes) -> Result<(), SendError> {
+    /// Queues one encoded message; `Ok(true)` when the backlog just went
+    /// over the soft limits (the reader then watches the grace period). A
+    /// backlog over the hard limits drops what is queued, requests a 4003
+    /// close and returns `QueueFull` (once: later pushes get `Closed`).
+    pub fn push(&self, frame: Bytes) -> Result<bool, SendError> {
+        let l = &self.limits;
         let mut s = self.state.lock();
         if s.close.is_some() || s.ended {
             return Err(SendError::Closed);
         }
-        if frame.len() > self.max_bytes as usize {
+        if frame.len() > l.bytes {
             return Err(SendError::TooLarge);
         }
-        if s.msgs.len() >= self.max_messages as usize
-            || s.bytes + frame.len() > self.max_bytes as usize
-        {
-            let mut req = CloseRequest::new(
-                code::SLOW_CONSUMER,
-                "slow consumer",
-                DisconnectReason::SlowConsumer,
-            );
-            req.discard_queue = true;
-            s.close = Some(req);
+        let msgs = s.msgs.len() + s.in_flight_msgs + 1;
+        let bytes = s.bytes + s.in_flight_bytes + frame.len();
+        if msgs > l.hard_messages || bytes > l.hard_bytes {
+            s.close = Some(slow_consumer());
             s.msgs = VecDeque::new();
             s.bytes = 0;
             drop(s);
@@ -90,12 +106,16 @@ impl SendQueue {
         }
         s.bytes += frame.len();
         s.msgs.push_back(frame);
+        let over = (msgs > l.messages || bytes > l.bytes) && s.over_since.is_none();
+        if over {
+            s.over_since = Some(Instant::now());
+        }
         let first = s.msgs.len() == 1;
         drop(s);
         if first {
             self.writer_wake.notify_one();
         }
-        Ok(())
+        Ok(over)
     }
 
     /// Requests a close. The first request wins (its reason is the one
@@ -122,15 +142,48 @@ impl SendQueue {
         self.writer_wake.notify_one();
     }
 
-    /// Takes everything queued (an empty queue keeps no allocation).
+    /// Takes everything queued (an empty queue keeps no allocation); it
+    /// counts as in flight until [`sent`](SendQueue::sent).
     pub fn take(&self) -> Batch {
         let mut s = self.state.lock();
-        s.bytes = 0;
+        s.in_flight_msgs += s.msgs.len();
+        s.in_flight_bytes += std::mem::take(&mut s.bytes);
         Batch {
             msgs: std::mem::take(&mut s.msgs),
             close: s.close.clone(),
             ended: s.ended,
         }
+    }
+
+    /// The writer wrote everything it took.
+    pub fn sent(&self) {
+        let l = &self.limits;
+        let mut s = self.state.lock();
+        s.in_flight_msgs = 0;
+        s.in_flight_bytes = 0;
+        if s.msgs.len() <= l.messages && s.bytes <= l.bytes {
+            s.over_since = None;
+        }
+    }
+
+    /// Since when the backlog has been over the soft limits, if it is.
+    pub fn over_since(&self) -> Option<Instant> {
+        self.state.lock().over_since
+    }
+
+    /// Closes as a slow consumer if the backlog has been over the soft
+    /// limits since `since` (and not below them in between).
+    pub fn close_if_over_since(&self, since: Instant) -> bool {
+        let mut s = self.state.lock();
+        if s.over_since != Some(since) || s.close.is_some() {
+            return false;
+        }
+        s.close = Some(slow_consumer());
+        s.msgs = VecDeque::new();
+        s.bytes = 0;
+        drop(s);
+        self.writer_wake.notify_one();
+        true
     }
 
     /// The reason of the close requested so far, if any.
@@ -150,11 +203,24 @@ impl SendQueue {
     }
 }
 
-/// Bounds of a connection's send queue.
+/// Bounds of a connection's send queue: soft (over them for longer than
+/// the grace period is a slow consumer) and hard (over them at once is).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct QueueLimits {
     pub messages: usize,
     pub bytes: usize,
+    pub hard_messages: usize,
+    pub hard_bytes: usize,
+}
+
+impl QueueLimits {
+    fn sanitized(mut self) -> Self {
+        self.messages = self.messages.max(1);
+        self.bytes = self.bytes.max(1);
+        self.hard_messages = self.hard_messages.max(self.messages);
+        self.hard_bytes = self.hard_bytes.max(self.bytes);
+        self
+    }
 }
 
 /// The shared state of one connection.
@@ -196,7 +262,7 @@ impl Connection {
             user,
             headers: (!headers.is_empty()).then(|| Box::new(headers)),
             peer,
-            queue: SendQueue::new(limits.messages, limits.bytes),
+            queue: SendQueue::new(limits),
             reader_wake: Notify::new(),
             metrics,
             rooms: Mutex::new(Some(Vec::new())),
@@ -224,17 +290,26 @@ impl Connection {
         self.peer
     }
 
-    /// Queues an encoded frame; a full queue closes the connection (4003).
+    /// Queues an encoded frame; a queue over its hard limits closes the
+    /// connection (4003). The reader is woken when the queue goes over its
+    /// limits (it watches the grace period, and logs a slow-consumer close
+    /// in the connection's own span).
     pub fn push(&self, frame: Bytes) -> Result<(), SendError> {
-        let r = self.queue.push(frame);
-        if let Err(e) = r {
-            self.metrics.send_failed(e);
-            if e == SendError::QueueFull {
-                warn!(user = %self.user, conn = self.id, "slow consumer: send queue full, closing with 4003");
-                self.reader_wake.notify_one();
+        match self.queue.push(frame) {
+            Ok(over) => {
+                if over {
+                    self.reader_wake.notify_one();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.send_failed(e);
+                if e == SendError::QueueFull {
+                    self.reader_wake.notify_one();
+                }
+                Err(e)
             }
         }
-        r
     }
 
     /// Asks the connection to close; the first request's reason wins.
@@ -328,9 +403,18 @@ impl std::fmt::Debug for Conn {
 mod queue_tests {
     use super::*;
 
+    fn queue(messages: usize, bytes: usize, hard_messages: usize, hard_bytes: usize) -> SendQueue {
+        SendQueue::new(QueueLimits {
+            messages,
+            bytes,
+            hard_messages,
+            hard_bytes,
+        })
+    }
+
     #[test]
-    fn overflow_requests_slow_consumer_close() {
-        let q = SendQueue::new(2, 1 << 20);
+    fn over_the_hard_limit_requests_slow_consumer_close() {
+        let q = queue(2, 1 << 20, 2, 1 << 20);
         q.push(Bytes::from_static(b"a")).unwrap();
         q.push(Bytes::from_static(b"b")).unwrap();
         assert_eq!(q.push(Bytes::from_static(b"c")), Err(SendError::QueueFull));
@@ -341,8 +425,46 @@ mod queue_tests {
     }
 
     #[test]
+    fn over_the_soft_limit_starts_the_grace_period_until_written() {
+        let q = queue(2, 1 << 20, 8, 1 << 20);
+        assert_eq!(q.push(Bytes::from_static(b"a")), Ok(false));
+        assert_eq!(q.push(Bytes::from_static(b"b")), Ok(false));
+        assert_eq!(q.push(Bytes::from_static(b"c")), Ok(true), "over now");
+        assert_eq!(q.push(Bytes::from_static(b"d")), Ok(false), "still over");
+        let since = q.over_since().unwrap();
+        // Taken but not yet written: still the backlog.
+        assert_eq!(q.take().msgs.len(), 4);
+        assert_eq!(q.over_since(), Some(since));
+        q.sent();
+        assert_eq!(q.over_since(), None, "written: within the limits");
+        assert!(
+            !q.close_if_over_since(since),
+            "a stale deadline closes nothing"
+        );
+        for _ in 0..3 {
+            q.push(Bytes::from_static(b"e")).unwrap();
+        }
+        let since = q.over_since().unwrap();
+        assert!(q.close_if_over_since(since));
+        assert_eq!(q.close_reason(), Some(DisconnectReason::SlowConsumer));
+        assert!(
+            q.take().msgs.is_empty(),
+            "a slow consumer's queue is dropped"
+        );
+    }
+
+    #[test]
+    fn in_flight_bytes_count_toward_the_hard_limit() {
+        let q = queue(100, 4, 100, 6);
+        q.push(Bytes::from_static(b"abcd")).unwrap();
+        let _batch = q.take(); // the writer is stuck writing it
+        q.push(Bytes::from_static(b"ef")).unwrap();
+        assert_eq!(q.push(Bytes::from_static(b"g")), Err(SendError::QueueFull));
+    }
+
+    #[test]
     fn a_frame_bigger_than_the_queue_is_refused_without_closing() {
-        let q = SendQueue::new(100, 3);
+        let q = queue(100, 3, 100, 3);
         assert_eq!(
             q.push(Bytes::from_static(b"abcd")),
             Err(SendError::TooLarge)
@@ -352,15 +474,8 @@ mod queue_tests {
     }
 
     #[test]
-    fn byte_limit_counts() {
-        let q = SendQueue::new(100, 3);
-        q.push(Bytes::from_static(b"ab")).unwrap();
-        assert_eq!(q.push(Bytes::from_static(b"cd")), Err(SendError::QueueFull));
-    }
-
-    #[test]
     fn first_close_request_wins() {
-        let q = SendQueue::new(4, 64);
+        let q = queue(4, 64, 4, 64);
         assert!(q.request_close(CloseRequest::new(4002, "bye", DisconnectReason::Kicked)));
         assert!(!q.request_close(CloseRequest::new(
             1001,

@@ -7,8 +7,11 @@ pub enum SendError {
     /// The user has no connection here.
     #[error("user is not connected")]
     NotConnected,
-    /// The connection's send queue was full: the client is too slow and its
-    /// connection is being closed with 4003. The message was dropped.
+    /// The connection's send queue went over its hard limits
+    /// (`send_queue_hard_capacity`, `send_queue_hard_max_bytes`): the client
+    /// is too slow and its connection is being closed with 4003. The
+    /// message was dropped. (A queue over its soft limits for longer than
+    /// `slow_consumer_grace` is closed too; later sends get `Closed`.)
     #[error("send queue full: slow consumer disconnected")]
     QueueFull,
     /// The connection is already closing; the message was dropped.

@@ -16,7 +16,9 @@
 //!     async move { let _ = echo.send(conn.user_id(), msg); }
 //! });
 //! let routes = warp::path("ws").and(warp::path::end()).and(ws.handler());
-//! warp::serve(routes).incoming(edk_ws::bind("127.0.0.1:8080".parse()?)?).run().await;
+//! // `edk_ws::serve`, not `warp::serve`: a handshake deadline, caps on
+//! // pending connections, bounded request heads (see [`serve`]).
+//! edk_ws::serve(routes, edk_ws::bind("127.0.0.1:8080".parse()?)?, &ws).run().await;
 //! # Ok(()) }
 //! ```
 //!
@@ -25,7 +27,8 @@
 //! 1. `io/transport.rs` — the TCP socket taken back from hyper's upgrade
 //!    (`TCP_NODELAY` on); tungstenite reads frames from it.
 //! 2. `session/task.rs` — `read_loop` gets each binary frame; `on_frame`
-//!    counts it and
+//!    counts it, checks the cost rule (`protocol/cost.rs`) and the inbound
+//!    budget (`session/budget.rs`), and
 //! 3. `protocol/codec.rs` — `decode_inbound` decodes the `Message` (the
 //!    payload shares the frame's buffer) and stamps `sender` and
 //!    `timestamp_ms`; back in `on_frame`, a message with `control` or
@@ -51,7 +54,8 @@
 //!    recipients up and pushes the shared bytes to each (a recipient on
 //!    another node is handed to the backplane's `Forward` instead);
 //! 3. `conn.rs` — `Connection::push` → `SendQueue::push`: bounded by count
-//!    and bytes (overflow closes the connection with 4003), wakes the writer;
+//!    and bytes (a backlog over them for `slow_consumer_grace`, or over the
+//!    hard limits, closes the connection with 4003), wakes the writer;
 //! 4. `session/task.rs` — `write_loop`, the connection's single writer,
 //!    takes the whole queue at once and appends every frame to
 //! 5. `io/outbuf.rs` — the connection's output buffer, written to the
@@ -74,6 +78,9 @@ mod backplane;
 mod client;
 mod conn;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hub;
 mod io;
 mod logs;
@@ -82,6 +89,7 @@ mod options;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 mod protocol;
+mod serve;
 mod session;
 mod subscribers;
 
@@ -108,7 +116,9 @@ pub use prost_reflect;
 pub use protocol::close::{self, DisconnectReason};
 pub use protocol::proto::{self, Activity, Member, Members, Message, Status};
 pub use protocol::PROTOCOL;
+pub use serve::serve;
 pub use session::routes::RouteError;
+pub use session::serve::{remote_addr, Server};
 pub use subscribers::Subscription;
 
 /// Support for the criterion benches (`benches/`), behind the `bench`
@@ -140,6 +150,8 @@ pub mod bench {
             self.0.snapshot().messages_in
         }
     }
+
+    pub use crate::protocol::cost::{scan, Limits};
 }
 
 /// The README's examples, compiled as doctests.

@@ -43,6 +43,15 @@ pub(crate) struct Metrics {
     send_failures: EnumMap<SendFailure, AtomicU64>,
     pub handler_panics: AtomicU64,
     pub tcp_nodelay_unavailable: AtomicU64,
+    // hardening (issue 10)
+    pub pending_handshakes: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub pending_cap_refused: AtomicU64,
+    pub pending_ip_cap_refused: AtomicU64,
+    pub malformed_requests: AtomicU64,
+    pub inbound_rate_limited: AtomicU64,
+    pub inbound_dropped: AtomicU64,
+    pub messages_over_entry_limits: AtomicU64,
 }
 
 impl Metrics {
@@ -90,6 +99,14 @@ impl Metrics {
             send_failures,
             handler_panics: self.handler_panics.load(Relaxed),
             tcp_nodelay_unavailable: self.tcp_nodelay_unavailable.load(Relaxed),
+            pending_handshakes: self.pending_handshakes.load(Relaxed),
+            handshake_timeouts: self.handshake_timeouts.load(Relaxed),
+            pending_cap_refused: self.pending_cap_refused.load(Relaxed),
+            pending_ip_cap_refused: self.pending_ip_cap_refused.load(Relaxed),
+            malformed_requests: self.malformed_requests.load(Relaxed),
+            inbound_rate_limited: self.inbound_rate_limited.load(Relaxed),
+            inbound_dropped: self.inbound_dropped.load(Relaxed),
+            messages_over_entry_limits: self.messages_over_entry_limits.load(Relaxed),
             handshake_duration: hot.handshakes,
             handling_duration: HandlingDurations {
                 requests: hot.handling[Handling::Request].clone(),
@@ -161,6 +178,31 @@ pub struct MetricsSnapshot {
     pub queued_bytes: u64,
     /// The deepest send queue now, in messages.
     pub max_queue_depth: u64,
+    // hardening (issue 10): the serving path (`edk_ws::serve`) and budgets
+    /// Connections accepted by [`serve`](crate::serve) and not yet
+    /// upgraded (nor past `handshake_timeout`), now.
+    pub pending_handshakes: u64,
+    /// Connections closed by [`serve`](crate::serve) because they had not
+    /// sent a complete request head within `handshake_timeout`.
+    pub handshake_timeouts: u64,
+    /// Connections answered 503 at accept: `max_pending_handshakes` reached.
+    pub pending_cap_refused: u64,
+    /// Connections answered 503 at accept: their address had
+    /// `max_pending_handshakes_per_ip` pending.
+    pub pending_ip_cap_refused: u64,
+    /// HTTP requests that did not parse, or whose head was over
+    /// `max_header_bytes` (answered 400/431 and closed by hyper).
+    pub malformed_requests: u64,
+    /// Messages over a connection's inbound budget answered
+    /// `Error RATE_LIMITED` (module requests, and messages with an `id`).
+    pub inbound_rate_limited: u64,
+    /// Messages over a connection's inbound budget dropped without an
+    /// answer (application messages with an empty `id`).
+    pub inbound_dropped: u64,
+    /// Frames refused with close 1009 before decoding: `metadata` over
+    /// `max_metadata_entries`/`max_metadata_bytes`, or more map and list
+    /// entries than the cost rule allows.
+    pub messages_over_entry_limits: u64,
 }
 
 /// Sampled handling durations of inbound messages, by what handled them

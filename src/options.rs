@@ -113,11 +113,14 @@ options! {
     /// Outgoing bytes buffered before a write is forced, in bytes.
     write_buffer_size, with_write_buffer_size: usize = 16 << 10,
         "EDK_WS_WRITE_BUFFER_SIZE" via size;
-    /// Messages that may wait in one connection's send queue. One more and
-    /// the connection is closed with 4003 (slow consumer).
+    /// Messages that may wait in one connection's send queue. A queue over
+    /// it for longer than `slow_consumer_grace` is closed with 4003 (slow
+    /// consumer); see also `send_queue_hard_capacity`.
     send_queue_capacity, with_send_queue_capacity: usize = 1024,
         "EDK_WS_SEND_QUEUE_CAPACITY" via size;
-    /// Bytes that may wait in one connection's send queue (same rule).
+    /// Bytes that may wait in one connection's send queue (same rule; see
+    /// also `send_queue_hard_max_bytes`). A single message larger than this
+    /// is refused (`SendError::TooLarge`).
     send_queue_max_bytes, with_send_queue_max_bytes: usize = 4 << 20,
         "EDK_WS_SEND_QUEUE_MAX_BYTES" via size;
     /// How often the server pings each connection.
@@ -229,6 +232,71 @@ options! {
     /// apart, e.g. `lobby`. Empty: no `ns` field.
     name, with_name: String = String::new(),
         "EDK_WS_NAME" via text;
+
+    // hardening (issue 10)
+    /// Under [`serve`](crate::serve): how long a new connection may take,
+    /// from accept, to send a complete request head and be upgraded. A
+    /// connection that is still sending its head (or silent) is closed at
+    /// once; one whose request the application is still answering is
+    /// closed when that answer is sent, and no longer counts as pending.
+    /// Also the idle limit of keep-alive HTTP connections.
+    handshake_timeout, with_handshake_timeout: Duration = Duration::from_secs(10),
+        "EDK_WS_HANDSHAKE_TIMEOUT" via duration;
+    /// Under [`serve`](crate::serve): the most bytes of one request head
+    /// (request line and headers) read before it is complete; a larger head
+    /// gets 431. At least 8 KiB (hyper's minimum).
+    max_header_bytes, with_max_header_bytes: usize = 16 << 10,
+        "EDK_WS_MAX_HEADER_BYTES" via size;
+    /// Under [`serve`](crate::serve): connections accepted and not yet
+    /// upgraded (nor past `handshake_timeout`), in all. One more is
+    /// answered 503 and closed at once.
+    max_pending_handshakes, with_max_pending_handshakes: usize = 4096,
+        "EDK_WS_MAX_PENDING_HANDSHAKES" via size;
+    /// Under [`serve`](crate::serve): the same, per source address (an
+    /// IPv6 address counts with its whole /64), so one address cannot take
+    /// every slot. Behind a gateway every connection comes from the
+    /// gateway's address: raise it to `max_pending_handshakes` there.
+    max_pending_handshakes_per_ip, with_max_pending_handshakes_per_ip: usize = 256,
+        "EDK_WS_MAX_PENDING_HANDSHAKES_PER_IP" via size;
+    /// Entries one message's `metadata` may have. More close the connection
+    /// with 1009, before the message is decoded.
+    max_metadata_entries, with_max_metadata_entries: usize = 64,
+        "EDK_WS_MAX_METADATA_ENTRIES" via size_or_zero;
+    /// Bytes one message's `metadata` may take, as encoded (keys, values
+    /// and 2–4 bytes of framing per entry). More close with 1009.
+    max_metadata_bytes, with_max_metadata_bytes: usize = 16 << 10,
+        "EDK_WS_MAX_METADATA_BYTES" via size_or_zero;
+    /// Messages (of any kind) one connection may send per second, on
+    /// average; see `inbound_messages_burst`. Beyond the budget a module
+    /// request or a message with an `id` gets `Error RATE_LIMITED`, any
+    /// other message is dropped; both are counted.
+    max_inbound_messages_per_second, with_max_inbound_messages_per_second: u32 = 10_000,
+        "EDK_WS_MAX_INBOUND_MESSAGES_PER_SECOND" via positive_u32;
+    /// Messages one connection may send at once, above the average.
+    inbound_messages_burst, with_inbound_messages_burst: u32 = 20_000,
+        "EDK_WS_INBOUND_MESSAGES_BURST" via positive_u32;
+    /// Bytes of binary frames one connection may send per second, on
+    /// average (same answer as the message budget).
+    max_inbound_bytes_per_second, with_max_inbound_bytes_per_second: u32 = 2 << 20,
+        "EDK_WS_MAX_INBOUND_BYTES_PER_SECOND" via positive_u32;
+    /// Bytes one connection may send at once, above the average (raised to
+    /// `max_message_size`, so that one largest message always fits).
+    inbound_bytes_burst, with_inbound_bytes_burst: u32 = 8 << 20,
+        "EDK_WS_INBOUND_BYTES_BURST" via positive_u32;
+    /// A send queue over `send_queue_capacity` messages or
+    /// `send_queue_max_bytes` bytes (counting what its writer is still
+    /// writing) for longer than this is a slow consumer: closed with 4003.
+    /// A client that reads is allowed to be behind a burst.
+    slow_consumer_grace, with_slow_consumer_grace: Duration = Duration::from_secs(5),
+        "EDK_WS_SLOW_CONSUMER_GRACE" via duration;
+    /// Messages a send queue may hold at all (raised to
+    /// `send_queue_capacity`): one more closes with 4003 at once.
+    send_queue_hard_capacity, with_send_queue_hard_capacity: usize = 4096,
+        "EDK_WS_SEND_QUEUE_HARD_CAPACITY" via size;
+    /// Bytes a send queue may hold at all (raised to
+    /// `send_queue_max_bytes`): more closes with 4003 at once.
+    send_queue_hard_max_bytes, with_send_queue_hard_max_bytes: usize = 16 << 20,
+        "EDK_WS_SEND_QUEUE_HARD_MAX_BYTES" via size;
 }
 
 impl Options {
@@ -250,6 +318,21 @@ impl Options {
         self.node_lease = self
             .node_lease
             .clamp(Duration::from_millis(500), Duration::from_secs(3600));
+        // hardening (issue 10)
+        self.handshake_timeout = clamp(self.handshake_timeout);
+        self.slow_consumer_grace = clamp(self.slow_consumer_grace);
+        self.max_header_bytes = self.max_header_bytes.max(8 << 10);
+        self.max_pending_handshakes = self.max_pending_handshakes.max(1);
+        self.max_pending_handshakes_per_ip = self.max_pending_handshakes_per_ip.max(1);
+        self.max_inbound_messages_per_second = self.max_inbound_messages_per_second.max(1);
+        self.inbound_messages_burst = self.inbound_messages_burst.max(1);
+        self.max_inbound_bytes_per_second = self.max_inbound_bytes_per_second.max(1);
+        let largest = u32::try_from(self.max_message_size).unwrap_or(u32::MAX);
+        self.inbound_bytes_burst = self.inbound_bytes_burst.max(largest);
+        self.send_queue_hard_capacity = self.send_queue_hard_capacity.max(self.send_queue_capacity);
+        self.send_queue_hard_max_bytes = self
+            .send_queue_hard_max_bytes
+            .max(self.send_queue_max_bytes);
         self
     }
 

@@ -93,8 +93,6 @@ async fn a_frame_sent_with_the_handshake_is_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unix_socket_is_served_directly() {
     use edk_ws::JwtAuthenticator;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::http::HeaderValue;
     use warp::Filter;
 
     let path = std::env::temp_dir().join(format!("edk-ws-test-{}.sock", std::process::id()));
@@ -106,16 +104,7 @@ async fn a_unix_socket_is_served_directly() {
     let routes = warp::path("ws").and(client.handler());
     tokio::spawn(warp::serve(routes).incoming(listener).run());
 
-    let mut req = "ws://localhost/ws".into_client_request().unwrap();
-    let token = jwt
-        .issue("carol", std::time::Duration::from_secs(60))
-        .unwrap();
-    let h = req.headers_mut();
-    h.insert("x-user-id", HeaderValue::from_static("carol"));
-    h.insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_str(&format!("edk.ws.v1, {token}")).unwrap(),
-    );
+    let req = upgrade_request("ws://localhost/ws", &jwt, "carol");
     let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
     let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, stream))
         .await
@@ -142,5 +131,62 @@ async fn a_unix_socket_is_served_directly() {
     };
     assert_eq!(reply.id, "u");
     assert_eq!(reply.sender, "carol");
+    assert_eq!(client.metrics().tcp_nodelay_unavailable, 0);
+}
+
+/// An upgrade request to `url` for `user` with a token from `jwt` (for
+/// servers outside the harness).
+fn upgrade_request(
+    url: &str,
+    jwt: &edk_ws::JwtAuthenticator,
+    user: &'static str,
+) -> tokio_tungstenite::tungstenite::http::Request<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut req = url.into_client_request().unwrap();
+    let token = jwt.issue(user, std::time::Duration::from_secs(60)).unwrap();
+    let h = req.headers_mut();
+    h.insert("x-user-id", HeaderValue::from_static(user));
+    h.insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&format!("edk.ws.v1, {token}")).unwrap(),
+    );
+    req
+}
+
+/// Plain `warp::serve` (not `edk_ws::serve`, which the harness uses)
+/// still works: the TcpStream is recovered from warp's own server, and
+/// the peer address comes from warp's filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_warp_serve_still_recovers_the_tcp_stream() {
+    use edk_ws::JwtAuthenticator;
+    use warp::Filter;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let jwt = JwtAuthenticator::new(SECRET);
+    let client = WsClient::new(Options::default(), jwt.clone());
+    let c2 = client.clone();
+    client.subscribe_message_handler(move |conn, mut m| {
+        m.r#type = conn
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let _ = c2.send(conn.user_id(), m);
+        async {}
+    });
+    let routes = warp::path("ws").and(client.handler());
+    tokio::spawn(warp::serve(routes).incoming(listener).run());
+    let req = upgrade_request(&format!("ws://{addr}/ws"), &jwt, "dave");
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake timed out")
+        .expect("handshake failed");
+    send(&mut ws, &msg("w", "echo", b"")).await;
+    let reply = recv(&mut ws).await;
+    assert_eq!(
+        (reply.id.as_str(), reply.r#type.as_str()),
+        ("w", "127.0.0.1")
+    );
     assert_eq!(client.metrics().tcp_nodelay_unavailable, 0);
 }

@@ -66,6 +66,12 @@ pub(crate) enum Target<'a> {
     },
     /// Every connection here but `except`'s.
     All { except: Option<&'a str> },
+    /// Some of the registry's connections (taken from it), but `except`'s:
+    /// a fan-out to everyone done in slices (presence batches).
+    Slice {
+        conns: &'a [Arc<Connection>],
+        except: Option<&'a str>,
+    },
     /// The members of a room whose lock the caller holds: room events are
     /// queued under that lock, so every member gets them in the order they
     /// were applied.
@@ -156,9 +162,12 @@ impl Hub {
         headers: HeaderMap,
         peer: Option<SocketAddr>,
     ) -> Arc<Connection> {
+        let o = &self.options;
         let limits = QueueLimits {
-            messages: self.options.send_queue_capacity,
-            bytes: self.options.send_queue_max_bytes,
+            messages: o.send_queue_capacity,
+            bytes: o.send_queue_max_bytes,
+            hard_messages: o.send_queue_hard_capacity,
+            hard_bytes: o.send_queue_hard_max_bytes,
         };
         let metrics = self.metrics.clone();
         Arc::new(Connection::new(
@@ -217,6 +226,13 @@ impl Hub {
                         if Some(conn.user_id()) != except {
                             report.record(conn.user_id(), push(&conn, payload));
                         }
+                    }
+                }
+            }
+            Target::Slice { conns, except } => {
+                for conn in conns {
+                    if Some(conn.user_id()) != except {
+                        report.record(conn.user_id(), push(conn, payload));
                     }
                 }
             }

@@ -10,12 +10,23 @@
 //! `Activities` frame (encoded once, through [`Hub::deliver`]) with all of
 //! them — except a user whose only change in the batch is their own. So N
 //! users changing at once cost each recipient one frame per window, not N.
+//!
+//! **The cost rule.** Everyone sees everyone, so presence costs grow with
+//! users²: N users each changing once cost N² activity entries delivered.
+//! They are spread so that they never starve message traffic: a window
+//! carries at most 256 changes (the rest wait for the next windows, so a
+//! storm of N changes settles in ⌈N/256⌉ windows), and its one frame is
+//! pushed to the connections in slices of 256 with a yield to the runtime
+//! between slices. Per window that is at most N pushes of one frame of
+//! ≤ 256 entries (≈ 12 KiB), done in ⌈N/256⌉ short steps.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use parking_lot::{Mutex, RwLock};
 
 use super::{Hub, Payload, Target};
@@ -47,6 +58,9 @@ pub(crate) type ActivityFn = dyn Fn(&Activity) + Send + Sync;
 /// window (deferred, not dropped), so a frame stays far below any queue
 /// limit whatever the storm.
 const MAX_PER_BATCH: usize = 256;
+
+/// Connections one slice of a presence fan-out pushes to before it yields.
+pub(crate) const SLICE: usize = 256;
 
 /// Who set an activity: the connection (here; `None` when on another
 /// node) and its ownership epoch.
@@ -277,11 +291,17 @@ impl Hub {
             });
         }
         self.presence.pending.lock().insert(user, activity);
-        self.schedule_flush(|h| &h.presence.flush_scheduled, Hub::flush_presence);
+        self.schedule_sliced_flush(|h| &h.presence.flush_scheduled, Hub::flush_presence);
     }
 
-    /// Sends the pending batch to every connected user.
-    pub fn flush_presence(self: &Arc<Self>) {
+    /// Sends the pending batch to every connected user, in slices of
+    /// [`SLICE`] connections with a yield between them (see the module
+    /// docs: the cost rule).
+    pub fn flush_presence(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        async move { self.flush_presence_now().await }.boxed()
+    }
+
+    async fn flush_presence_now(self: Arc<Self>) {
         let p = &self.presence;
         p.flush_scheduled.store(false, Ordering::Release);
         if let Some(f) = self.forward.get() {
@@ -304,7 +324,7 @@ impl Hub {
             }
         };
         if more {
-            self.schedule_flush(|h| &h.presence.flush_scheduled, Hub::flush_presence);
+            self.schedule_sliced_flush(|h| &h.presence.flush_scheduled, Hub::flush_presence);
         }
         if pending.is_empty() {
             return;
@@ -322,14 +342,32 @@ impl Hub {
             }),
         ));
         let except = only.as_deref();
-        if let Ok(report) = self.deliver(Target::All { except }, &frame) {
-            if !report.failed.is_empty() {
-                tracing::debug!(
-                    dropped = report.failed.len(),
-                    "activity batch not queued for some connections"
-                );
-            }
+        let failed = self.deliver_all_in_slices(except, &frame).await;
+        if failed > 0 {
+            tracing::debug!(
+                dropped = failed,
+                "activity batch not queued for some connections"
+            );
         }
+    }
+
+    /// Delivers `payload` to every connection here but `except`'s, in
+    /// slices of [`SLICE`] connections, yielding to other tasks (message
+    /// traffic) after each. Returns how many were not queued.
+    async fn deliver_all_in_slices(&self, except: Option<&str>, payload: &Payload) -> usize {
+        let (mut handles, mut failed) = (Vec::new(), 0);
+        for shard in 0..super::registry::SHARDS {
+            self.registry.handles(shard, &mut handles);
+            for conns in handles.chunks(SLICE) {
+                let target = Target::Slice { conns, except };
+                if let Ok(report) = self.deliver(target, payload) {
+                    failed += report.failed.len();
+                }
+                tokio::task::yield_now().await;
+            }
+            handles.clear();
+        }
+        failed
     }
 }
 
@@ -362,12 +400,12 @@ mod tests {
         let (a, b) = (connect(&hub, "a"), connect(&hub, "b"));
         hub.set_activity(&a, Status::Busy, "x".into());
         hub.set_activity(&a, Status::Online, "y".into());
-        hub.flush_presence();
+        futures::executor::block_on(hub.clone().flush_presence());
         assert!(drain(&a).is_empty(), "a change of one's own is not echoed");
         assert_eq!(batch(&drain(&b)), [("a".to_owned(), Status::Online as i32)]);
         hub.set_activity(&b, Status::Away, String::new());
         hub.activity_gone(&a);
-        hub.flush_presence();
+        futures::executor::block_on(hub.clone().flush_presence());
         let mut got = batch(&drain(&b));
         got.sort();
         assert_eq!(
@@ -378,6 +416,30 @@ mod tests {
             ]
         );
         assert_eq!(hub.presence.list().len(), 1);
+    }
+
+    /// A batch reaches every connection, in slices that each end with a
+    /// yield to the runtime (so message traffic is not starved).
+    #[test]
+    fn the_fan_out_yields_between_slices() {
+        let hub = manual();
+        let conns: Vec<_> = (0..3 * SLICE)
+            .map(|i| connect(&hub, &format!("u{i}")))
+            .collect();
+        hub.set_activity(&conns[0], Status::Online, String::new());
+        let mut flush = hub.clone().flush_presence();
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut yields = 0;
+        while flush.as_mut().poll(&mut cx).is_pending() {
+            yields += 1;
+            assert!(yields < 1_000, "the flush never ends");
+        }
+        assert!(yields >= 3, "{yields} yields for {} connections", 3 * SLICE);
+        assert!(drain(&conns[0]).is_empty());
+        for c in &conns[1..] {
+            assert_eq!(batch(&drain(c)), [("u0".to_owned(), Status::Online as i32)]);
+        }
     }
 
     #[test]

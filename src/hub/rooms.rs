@@ -370,8 +370,24 @@ impl Hub {
             if let Some(m) = r.members.get_mut(&*user) {
                 match &m.conn {
                     Some(c) if c.id() == conn.id() => {
+                        // A re-join: the new member state replaces the old,
+                        // and everyone is told as for an `UpdateState`.
+                        let (changes, removed) = diff(&m.state, &state);
                         m.state = state;
                         m.read_only = read_only;
+                        if !changes.is_empty() || !removed.is_empty() {
+                            let frame = event(Control::StateChanged(StateChanged {
+                                room: room.to_owned(),
+                                user_id: user.to_string(),
+                                changes,
+                                removed,
+                            }));
+                            let everyone = Target::Members {
+                                members: &r.members,
+                                except: None,
+                            };
+                            let _ = self.deliver(everyone, &frame);
+                        }
                         return Ok(());
                     }
                     // A newer connection of the user is in already: this
@@ -699,6 +715,26 @@ fn apply(
     s
 }
 
+/// What turns state `old` into `new`: the keys set (added or with another
+/// value) and the keys removed (sorted).
+fn diff(
+    old: &HashMap<String, String>,
+    new: &HashMap<String, String>,
+) -> (HashMap<String, String>, Vec<String>) {
+    let changes = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut removed: Vec<String> = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
+    removed.sort();
+    (changes, removed)
+}
+
 fn dedup_existing(keys: &mut Vec<String>, state: &HashMap<String, String>) {
     let mut seen = HashSet::new();
     keys.retain(|k| state.contains_key(k) && seen.insert(k.clone()));
@@ -755,6 +791,39 @@ mod tests {
             hub.join(&a, "r", HashMap::new(), false),
             Err(RoomError::NotConnected)
         );
+    }
+
+    /// A re-join with another member state tells every member, the
+    /// joiner included, exactly as an `UpdateState` of member state does;
+    /// one with the same state tells nobody.
+    #[test]
+    fn rejoin_with_a_new_state_emits_state_changed() {
+        let hub = hub(Options::default());
+        let (a, b) = (connect(&hub, "a"), connect(&hub, "b"));
+        hub.join(&a, "r", state(&[("k", "1"), ("gone", "x")]), false)
+            .unwrap();
+        hub.join(&b, "r", HashMap::new(), false).unwrap();
+        drain(&a);
+        hub.join(&a, "r", state(&[("k", "2"), ("new", "y")]), false)
+            .unwrap();
+        for c in [&a, &b] {
+            let msgs = drain(c);
+            assert_eq!(msgs.len(), 1);
+            match control(&msgs[0]) {
+                Control::StateChanged(s) => {
+                    assert_eq!((s.room.as_str(), s.user_id.as_str()), ("r", "a"));
+                    assert_eq!(s.changes, state(&[("k", "2"), ("new", "y")]));
+                    assert_eq!(s.removed, ["gone"]);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        hub.join(&a, "r", state(&[("k", "2"), ("new", "y")]), false)
+            .unwrap();
+        assert!(drain(&b).is_empty(), "the same state again is no change");
+        let m = hub.rooms.members("r").unwrap();
+        let a_state = &m.members.iter().find(|m| m.user_id == "a").unwrap().state;
+        assert_eq!(a_state, &state(&[("k", "2"), ("new", "y")]));
     }
 
     #[test]

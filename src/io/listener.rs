@@ -5,8 +5,8 @@
 //! listener the server uses (see `transport.rs`). Binding through [`bind`]
 //! also gives it to the plain HTTP routes served beside them: on Linux (and
 //! the BSDs) the option set on a listening socket is inherited by the
-//! sockets it accepts. Pass the listener to
-//! `warp::serve(routes).incoming(listener)`.
+//! sockets it accepts. Pass the listener to [`serve`](crate::serve) (or
+//! `warp::serve(routes).incoming(listener)`).
 
 use std::io;
 use std::net::SocketAddr;

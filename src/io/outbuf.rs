@@ -159,6 +159,115 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<T> {
     }
 }
 
+/// Checks that what the writer produces parses back with tungstenite, for
+/// a sequence of writer operations read from `ops` (the fuzz target
+/// `writer_frames`, and a unit test): binary frames appended to the
+/// [`OutBuf`], tungstenite's pings, pongs and close frame written through
+/// [`CoalescingIo`], flushes. A tungstenite client reading the bytes must
+/// see exactly those messages in order, and nothing after the close.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn check_frames_parse_back(ops: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let Some((&limit, mut rest)) = ops.split_first() else {
+        return;
+    };
+    let out = OutBuf::default();
+    let mut io = CoalescingIo::new(Vec::<u8>::new(), out.clone(), usize::from(limit) * 64);
+    let mut expected = Vec::new();
+    let mut closed = false;
+    futures::executor::block_on(async {
+        while let Some((&op, r)) = rest.split_first() {
+            let (len, r) = match r {
+                [a, b, r @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), r),
+                _ => (0, r),
+            };
+            let control = op & 3 == 2;
+            let n = len.min(r.len()).min(if control { 125 } else { usize::MAX });
+            let (payload, r) = r.split_at(n);
+            rest = r;
+            match op & 3 {
+                0 | 1 => {
+                    assert_eq!(out.push_binary(payload), !closed, "binary after close");
+                    if !closed {
+                        expected.push(Message::Binary(payload.to_vec().into()));
+                    }
+                }
+                2 if !closed => {
+                    let (frame, msg) = if op & 4 == 0 {
+                        (
+                            Frame::ping(payload.to_vec()),
+                            Message::Ping(payload.to_vec().into()),
+                        )
+                    } else {
+                        (
+                            Frame::pong(payload.to_vec()),
+                            Message::Pong(payload.to_vec().into()),
+                        )
+                    };
+                    let mut b = Vec::new();
+                    frame.format(&mut b).expect("a frame formats into a Vec");
+                    io.write_all(&b).await.expect("writes to a Vec succeed");
+                    expected.push(msg);
+                }
+                3 if !closed => {
+                    let close = CloseFrame {
+                        code: 4000u16.into(),
+                        reason: "bye".into(),
+                    };
+                    let mut b = Vec::new();
+                    Frame::close(Some(close.clone()))
+                        .format(&mut b)
+                        .expect("a frame formats into a Vec");
+                    io.write_all(&b).await.expect("writes to a Vec succeed");
+                    expected.push(Message::Close(Some(close)));
+                    closed = true;
+                }
+                _ => {}
+            }
+            if op & 8 != 0 {
+                io.flush().await.expect("flushes to a Vec succeed");
+            }
+        }
+        io.shutdown().await.expect("shutdown of a Vec succeeds");
+    });
+    let written = std::mem::take(io.get_mut());
+
+    /// Reads the written bytes; discards the client's own replies.
+    struct Wire(std::io::Cursor<Vec<u8>>);
+    impl std::io::Read for Wire {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl std::io::Write for Wire {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let config = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    let mut ws = WebSocket::from_raw_socket(
+        Wire(std::io::Cursor::new(written)),
+        Role::Client,
+        Some(config),
+    );
+    for want in expected {
+        match ws.read() {
+            Ok(got) => assert_eq!(got, want),
+            Err(e) => panic!("expected {want:?}, tungstenite says {e}"),
+        }
+    }
+    assert!(ws.read().is_err(), "nothing follows the expected frames");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +308,24 @@ mod tests {
         let mut got = Vec::new();
         b.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"\x82\x05first\x8a\x00\x88\x02\x03\xe8");
+    }
+
+    #[test]
+    fn a_mixed_sequence_parses_back() {
+        // limit 1 (64 bytes); binary 300, ping "hi", flush, pong, binary 0,
+        // close, binary after close (refused), ping after close (skipped).
+        let mut ops = vec![1u8];
+        ops.extend([0, 44, 1]);
+        ops.extend(vec![9u8; 300]);
+        ops.extend([2 | 8, 2, 0, b'h', b'i']);
+        ops.extend([2 | 4, 0, 0]);
+        ops.extend([1, 0, 0]);
+        ops.extend([3, 0, 0]);
+        ops.extend([0, 1, 0, 7]);
+        ops.extend([2, 0, 0]);
+        check_frames_parse_back(&ops);
+        check_frames_parse_back(&[]);
+        check_frames_parse_back(&[0, 0]);
     }
 
     /// Every frame the writer produces parses back with tungstenite's own

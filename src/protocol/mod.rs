@@ -6,6 +6,7 @@
 pub mod close;
 pub(crate) mod cluster;
 pub(crate) mod codec;
+pub(crate) mod cost;
 pub mod proto;
 
 /// The subprotocol name of this wire protocol. Offered beside the token

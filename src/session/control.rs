@@ -168,15 +168,22 @@ pub(crate) fn send_reply(conn: &Conn, id: String, frame: bytes::Bytes) {
         Ok(()) => {}
         Err(SendError::TooLarge) => {
             // Still exactly one reply: say why the real one cannot come.
-            let err = Control::Error(Error {
-                code: Code::Internal as i32,
-                message: "reply larger than the send queue (send_queue_max_bytes)".into(),
-            });
-            if let Err(e) = conn.send_encoded(codec::encode_control(id, err)) {
-                debug!(error = %e, "reply not delivered");
-            }
+            let why = "reply larger than the send queue (send_queue_max_bytes)";
+            reply_error(conn, id, Code::Internal, why);
         }
         Err(e) => debug!(error = %e, "reply not delivered"),
+    }
+}
+
+/// Sends an `Error` reply outside request handling (e.g. a message over the
+/// inbound budget).
+pub(crate) fn reply_error(conn: &Conn, id: String, code: Code, message: &str) {
+    let err = Control::Error(Error {
+        code: code as i32,
+        message: message.to_owned(),
+    });
+    if let Err(e) = conn.send_encoded(codec::encode_control(id, err)) {
+        debug!(error = %e, "error reply not delivered");
     }
 }
 

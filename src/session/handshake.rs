@@ -6,18 +6,14 @@
 //! WebSocket configuration (a ~4 KiB read buffer instead of a fixed 128 KiB)
 //! is ours.
 //!
-//! Checks, in order, and their answers:
+//! Checks, in order, and their answers: first the pure checks of
+//! `checks.rs` (400, 426, 503, 403, 401), then:
 //!
 //! | check | answer |
 //! |---|---|
-//! | `GET` with `Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Key` | 400 |
-//! | `Sec-WebSocket-Version: 13` | 426 (with `Sec-WebSocket-Version: 13`) |
-//! | not shutting down | 503 |
-//! | `Origin` allowed (when an allow-list is set) | 403 |
-//! | user id header: 1–128 bytes of visible ASCII (may be absent with `user_id_from_token`) | 401 |
-//! | exactly one token in `Sec-WebSocket-Protocol` | 401 |
-//! | the [`Authenticator`](crate::Authenticator) accepts it | 401 / 403 |
+//! | the [`Authenticator`](crate::Authenticator) accepts the token | 401 / 403 |
 //! | one connection per user (`kick_out_new_user_conn = true`) | 409 |
+//! | the backplane can be reached (clustered) | 503 |
 //!
 //! Every refusal is logged at info in a `handshake` span (`ns`, `peer`) with
 //! its status and reason, at most 10 lines a second across the process (a
@@ -37,9 +33,10 @@ use tracing::{info, Instrument};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::checks::{self, Refused};
 use super::task;
 use super::Endpoint;
-use crate::auth::{AuthError, AuthRequest};
+use crate::auth::{AuthError, AuthRequest, Identity};
 use crate::backplane::{AdmitError, Admitted};
 use crate::logs::{ns, LogBudget, PeerAddr};
 use crate::metrics::Refusal;
@@ -50,7 +47,7 @@ pub(crate) fn filter(
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     warp::method()
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(super::serve::remote_addr())
         .and(warp::ext::optional::<OnUpgrade>())
         .then(
             move |method, headers, peer: Option<SocketAddr>, on_upgrade| {
@@ -66,31 +63,32 @@ pub(crate) fn filter(
         )
 }
 
-fn refuse(inner: &Endpoint, why: Refusal, status: StatusCode, text: &'static str) -> Response {
-    refuse_because(inner, why, status, text, "")
+fn refuse(inner: &Endpoint, r: Refused) -> Response {
+    refuse_because(inner, r, "")
 }
 
 /// A refusal with its `detail` for the log (e.g. why a token was refused;
-/// the client gets only `text`).
-fn refuse_because(
-    inner: &Endpoint,
-    why: Refusal,
-    status: StatusCode,
-    text: &'static str,
-    detail: &str,
-) -> Response {
+/// the client gets only the refusal's text).
+fn refuse_because(inner: &Endpoint, r: Refused, detail: &str) -> Response {
     static LOG: LazyLock<LogBudget> = LazyLock::new(|| LogBudget::new(10));
-    inner.hub().metrics.refuse(why);
+    inner.hub().metrics.refuse(r.why);
     if let Some(suppressed) = LOG.admit() {
         info!(
-            status = status.as_u16(),
-            reason = text,
+            status = r.status.as_u16(),
+            reason = r.text,
             detail = (!detail.is_empty()).then_some(detail),
             suppressed = (suppressed > 0).then_some(suppressed),
             "handshake refused"
         );
     }
-    warp::reply::with_status(text, status).into_response()
+    let mut res = warp::reply::with_status(r.text, r.status).into_response();
+    if r.status == StatusCode::UPGRADE_REQUIRED {
+        res.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    res
 }
 
 async fn handshake(
@@ -102,88 +100,25 @@ async fn handshake(
 ) -> Response {
     use Refusal::*;
     let started = std::time::Instant::now();
-    let key = match (
-        method == http::Method::GET,
-        is_upgrade(&headers),
-        on_upgrade.is_some(),
-    ) {
-        (true, true, true) => headers.get(header::SEC_WEBSOCKET_KEY),
-        _ => None,
-    };
-    let (Some(key), Some(on_upgrade)) = (key, on_upgrade) else {
-        return refuse(
-            &inner,
-            BadRequest,
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade request",
-        );
-    };
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        let mut r = refuse(
-            &inner,
-            UpgradeRequired,
-            StatusCode::UPGRADE_REQUIRED,
-            "unsupported WebSocket version: use 13",
-        );
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return r;
-    }
     let options = &inner.hub().options;
-    if inner.hub().registry.is_closed() {
-        return refuse(
-            &inner,
-            ShuttingDown,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down",
-        );
-    }
-    if !origin_allowed(&options.allowed_origins, &headers) {
-        return refuse(
-            &inner,
-            Forbidden,
-            StatusCode::FORBIDDEN,
-            "origin not allowed",
-        );
-    }
-    // No header: the token names the user, when the option allows it (see
-    // `auth.rs` for why that is safe). A header that is present but invalid
-    // is refused, never ignored in favour of the token.
-    let user_id = match headers.get(options.user_id_header.as_str()) {
-        Some(v) => match valid_user_id(v.as_bytes()) {
-            Some(user) => Some(user),
-            None => {
-                return refuse(
-                    &inner,
-                    Unauthorized,
-                    StatusCode::UNAUTHORIZED,
-                    "invalid user id header",
-                )
-            }
-        },
-        None if options.user_id_from_token => None,
-        None => {
-            return refuse(
-                &inner,
-                Unauthorized,
-                StatusCode::UNAUTHORIZED,
-                "missing user id header",
-            )
-        }
+    let shutting_down = inner.hub().registry.is_closed();
+    let upgradable = on_upgrade.is_some();
+    let key = match checks::check_upgrade(&method, &headers, upgradable, shutting_down, options) {
+        Ok(key) => key,
+        Err(r) => return refuse(&inner, r),
     };
-    let Some((token, offered_protocol)) = parse_protocols(&headers) else {
-        return refuse(
-            &inner,
-            Unauthorized,
-            StatusCode::UNAUTHORIZED,
-            "missing token in Sec-WebSocket-Protocol",
-        );
+    let Some(on_upgrade) = on_upgrade else {
+        // `check_upgrade` refuses a request hyper cannot upgrade.
+        return refuse(&inner, checks::not_an_upgrade());
+    };
+    if inner.anonymous_echo {
+        let user = format!("anonymous-{}", inner.hub().next_conn_id());
+        let (identity, echo) = (Identity::new(user), None);
+        return admit(inner, key, identity, echo, peer, on_upgrade, started).await;
+    }
+    let (user_id, token, offered_protocol) = match checks::check_identity(&headers, options) {
+        Ok(id) => id,
+        Err(r) => return refuse(&inner, r),
     };
     let req = AuthRequest {
         user_id,
@@ -194,33 +129,41 @@ async fn handshake(
     let identity = match inner.auth.authenticate(&req).await {
         Ok(id) => id,
         Err(AuthError::Unauthorized(why)) => {
-            return refuse_because(
-                &inner,
-                Unauthorized,
-                StatusCode::UNAUTHORIZED,
-                "invalid token",
-                &why,
-            );
+            let r = Refused::new(Unauthorized, StatusCode::UNAUTHORIZED, "invalid token");
+            return refuse_because(&inner, r, &why);
         }
         Err(AuthError::Forbidden(why)) => {
-            return refuse_because(&inner, Forbidden, StatusCode::FORBIDDEN, "forbidden", &why);
+            let r = Refused::new(Forbidden, StatusCode::FORBIDDEN, "forbidden");
+            return refuse_because(&inner, r, &why);
         }
     };
+    // Browsers fail a handshake whose offered subprotocol is not echoed.
+    let echo = Some(if offered_protocol { PROTOCOL } else { token });
+    admit(inner, key, identity, echo, peer, on_upgrade, started).await
+}
+
+/// Admits an authenticated connection and answers 101 (or 409/503).
+async fn admit(
+    inner: Arc<Endpoint>,
+    key: &HeaderValue,
+    identity: Identity,
+    echo: Option<&str>,
+    peer: Option<SocketAddr>,
+    on_upgrade: OnUpgrade,
+    started: std::time::Instant,
+) -> Response {
+    use Refusal::*;
     // The identity is authoritative: whatever user it names (with the
     // header, the authenticator may still map it), checked for shape here.
-    let Some(user) = valid_user_id(identity.user_id.as_bytes()) else {
-        return refuse(
-            &inner,
-            Unauthorized,
-            StatusCode::UNAUTHORIZED,
-            "invalid user id",
-        );
+    let Some(user) = checks::valid_user_id(identity.user_id.as_bytes()) else {
+        let r = Refused::new(Unauthorized, StatusCode::UNAUTHORIZED, "invalid user id");
+        return refuse(&inner, r);
     };
 
     // Counted as live from before admission, so shutdown cannot miss a
     // connection admitted while it was starting.
     let live = inner.tasks.token();
-    let refuse_new = options.kick_out_new_user_conn;
+    let refuse_new = inner.hub().options.kick_out_new_user_conn;
     let conn = match inner
         .node
         .admit(Arc::from(user), identity.headers, peer, refuse_new)
@@ -228,20 +171,22 @@ async fn handshake(
     {
         Ok(Admitted::Registered(conn) | Admitted::Stale(conn)) => conn,
         Err(e) => {
-            let (why, status, text) = match e {
-                AdmitError::Conflict => (Conflict, StatusCode::CONFLICT, "user already connected"),
-                AdmitError::ShuttingDown => (
+            let r = match e {
+                AdmitError::Conflict => {
+                    Refused::new(Conflict, StatusCode::CONFLICT, "user already connected")
+                }
+                AdmitError::ShuttingDown => Refused::new(
                     ShuttingDown,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shutting down",
                 ),
-                AdmitError::Unavailable => (
+                AdmitError::Unavailable => Refused::new(
                     ShuttingDown,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "backplane unavailable",
                 ),
             };
-            return refuse(&inner, why, status, text);
+            return refuse(&inner, r);
         }
     };
     let metrics = &inner.hub().metrics;
@@ -250,8 +195,6 @@ async fn handshake(
     metrics.hot.slot().handshake(started.elapsed());
 
     let accept = derive_accept_key(key.as_bytes());
-    // Browsers fail a handshake whose offered subprotocol is not echoed.
-    let echo = if offered_protocol { PROTOCOL } else { token };
     tokio::spawn(task::run(inner, conn, on_upgrade, live));
 
     let mut res = warp::reply().into_response();
@@ -262,96 +205,8 @@ async fn handshake(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    if let Ok(v) = HeaderValue::from_str(echo) {
+    if let Some(Ok(v)) = echo.map(HeaderValue::from_str) {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
     }
     res
-}
-
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
-}
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    has_token(headers, header::CONNECTION, "upgrade")
-        && has_token(headers, header::UPGRADE, "websocket")
-}
-
-fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        Some(origin) => allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)),
-        None => false,
-    }
-}
-
-/// 1–128 bytes of visible ASCII (0x21–0x7E).
-pub(crate) fn valid_user_id(v: &[u8]) -> Option<&str> {
-    if v.is_empty() || v.len() > 128 || !v.iter().all(|b| (0x21..=0x7e).contains(b)) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()
-}
-
-/// The token from `Sec-WebSocket-Protocol`, in either form: `<token>` alone,
-/// or `edk.ws.v1, <token>` (any order), and whether `edk.ws.v1` was offered.
-/// `None` when there is no token or more than one candidate.
-fn parse_protocols(headers: &HeaderMap) -> Option<(&str, bool)> {
-    let mut offered_protocol = false;
-    let mut token: Option<&str> = None;
-    for v in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
-        for item in v
-            .to_str()
-            .ok()?
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            if item == PROTOCOL {
-                offered_protocol = true;
-            } else if token.replace(item).is_some() {
-                return None;
-            }
-        }
-    }
-    Some((token?, offered_protocol))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h(v: &str) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        m.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_str(v).unwrap(),
-        );
-        m
-    }
-
-    #[test]
-    fn token_forms() {
-        assert_eq!(parse_protocols(&h("abc")), Some(("abc", false)));
-        assert_eq!(parse_protocols(&h("edk.ws.v1, abc")), Some(("abc", true)));
-        assert_eq!(parse_protocols(&h("abc, edk.ws.v1")), Some(("abc", true)));
-        assert_eq!(parse_protocols(&h("edk.ws.v1")), None);
-        assert_eq!(parse_protocols(&h("a, b")), None);
-        assert_eq!(parse_protocols(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn user_ids() {
-        assert!(valid_user_id(b"alice").is_some());
-        assert!(valid_user_id(b"").is_none());
-        assert!(valid_user_id(b"a b").is_none());
-        assert!(valid_user_id(&[b'a'; 129]).is_none());
-        assert!(valid_user_id(&[b'a'; 128]).is_some());
-    }
 }

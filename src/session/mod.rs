@@ -1,5 +1,7 @@
-//! Sessions: the warp handshake filter (`handshake`: HTTP refusals, then the
-//! 101), the connection task (`task`: reader, single writer, heartbeat,
+//! Sessions: the HTTP server under the routes (`serve`: deadlines and caps
+//! before the upgrade), the warp handshake filter (`handshake`, with the
+//! pure header checks in `checks`: HTTP refusals, then the 101), the
+//! connection task (`task`: reader, single writer, heartbeat,
 //! finish), the module's own request handling (`control`: one reply per
 //! request id), typed routes (`routes`) and the application's handlers
 //! (`handlers`).
@@ -7,10 +9,13 @@
 //! Imports the layers below (`backplane`, `hub`, `conn`, `protocol`, `io`);
 //! only the `WsClient` facade sits above.
 
+pub(crate) mod budget;
+pub(crate) mod checks;
 pub(crate) mod control;
 pub(crate) mod handlers;
 pub(crate) mod handshake;
 pub(crate) mod routes;
+pub(crate) mod serve;
 pub(crate) mod task;
 
 use tokio_util::sync::CancellationToken;
@@ -36,6 +41,10 @@ pub(crate) struct Endpoint {
     /// Cancelled when shutdown's deadline passes: every connection stops
     /// at once.
     pub cut: CancellationToken,
+    /// The conformance test mode (feature `fuzzing`): no identity checks
+    /// (each connection gets a fresh user id) and binary frames echoed as
+    /// they came, undecoded.
+    pub anonymous_echo: bool,
 }
 
 impl Endpoint {
@@ -47,6 +56,7 @@ impl Endpoint {
             routes: Routes::new(),
             tasks: TaskTracker::new(),
             cut: CancellationToken::new(),
+            anonymous_echo: false,
         }
     }
 

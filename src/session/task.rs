@@ -27,6 +27,7 @@ use futures::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
@@ -34,6 +35,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, error, info, warn, Instrument};
 
+use super::budget::Inbound;
 use super::control;
 use super::Endpoint;
 use crate::conn::{Conn, Connection};
@@ -42,7 +44,8 @@ use crate::io::transport::{self, Transport};
 use crate::logs::{ns, LogBudget, PeerAddr};
 use crate::metrics::{Handling, Metrics};
 use crate::protocol::close::{code, CloseRequest, DisconnectReason};
-use crate::protocol::codec;
+use crate::protocol::proto::error::Code;
+use crate::protocol::{codec, cost};
 
 type Socket = WebSocketStream<CoalescingIo<Transport>>;
 
@@ -213,14 +216,18 @@ async fn read_loop(
     inner: &Arc<Endpoint>,
     conn: &Arc<Connection>,
 ) -> Exit {
-    let idle = inner.hub().options.idle_timeout;
-    let close_timeout = inner.hub().options.close_timeout;
+    let o = &inner.hub().options;
+    let (idle, close_timeout, grace) = (o.idle_timeout, o.close_timeout, o.slow_consumer_grace);
     let handle = Conn(conn.clone());
-    let mut limiter = control::Limiter::default();
+    let mut budgets = Budgets::default();
     let mut last_seen = Instant::now();
     let mut closing_until: Option<Instant> = None;
     let sleep = tokio::time::sleep_until(last_seen + idle);
     tokio::pin!(sleep);
+    // The slow-consumer watch: since when the send queue is over its
+    // limits; its grace period ends at `since + grace`. It shares the one
+    // timer (a second would cost every idle connection its size).
+    let mut over_since: Option<Instant> = None;
     loop {
         tokio::select! {
             biased;
@@ -229,13 +236,36 @@ async fn read_loop(
                     return Exit::Forced;
                 }
                 if closing_until.is_none() && conn.queue.is_closing() {
+                    if conn.queue.close_reason() == Some(DisconnectReason::SlowConsumer) {
+                        // Here, in the slow client's span, not the sender's.
+                        warn!("slow consumer: send queue over its limits, closing with 4003");
+                    }
                     let until = Instant::now() + close_timeout;
                     closing_until = Some(until);
                     sleep.as_mut().reset(until);
                 }
+                if over_since.is_none() && closing_until.is_none() {
+                    if let Some(since) = conn.queue.over_since() {
+                        over_since = Some(since);
+                        if since + grace < sleep.deadline() {
+                            sleep.as_mut().reset(since + grace);
+                        }
+                    }
+                }
             }
             () = &mut sleep => {
                 let now = Instant::now();
+                if let Some(watched) = over_since.filter(|s| closing_until.is_none() && now >= *s + grace) {
+                    over_since = None;
+                    match conn.queue.over_since() {
+                        // Over the limits all along: a slow consumer.
+                        Some(since) if since == watched && conn.queue.close_if_over_since(since) => {
+                            conn.reader_wake.notify_one();
+                        }
+                        Some(since) if since != watched => over_since = Some(since),
+                        _ => {}
+                    }
+                }
                 if let Some(until) = closing_until {
                     if now >= until {
                         debug!("close timeout: dropping the connection");
@@ -253,6 +283,11 @@ async fn read_loop(
                 } else {
                     sleep.as_mut().reset(last_seen + idle);
                 }
+                if let Some(at) = over_since.filter(|_| closing_until.is_none()).map(|s| s + grace) {
+                    if at < sleep.deadline() {
+                        sleep.as_mut().reset(at);
+                    }
+                }
             }
             item = stream.next() => {
                 last_seen = Instant::now();
@@ -265,7 +300,7 @@ async fn read_loop(
                         // Boxed: a decoded message and its handling never
                         // live in the connection task's own state, which
                         // every idle connection pays for.
-                        Box::pin(on_frame(inner, conn, &handle, &mut limiter, frame)).await;
+                        Box::pin(on_frame(inner, conn, &handle, &mut budgets, frame)).await;
                     }
                     Ok(WsMessage::Text(_)) => {
                         protocol_close(
@@ -283,6 +318,12 @@ async fn read_loop(
                     }
                     Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => {}
                     Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_)) => {
+                        return Exit::Clean;
+                    }
+                    Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                        // The client went away without a close frame: it
+                        // closed, it did not break the protocol.
+                        debug!("the client vanished without a close frame");
                         return Exit::Clean;
                     }
                     Err(WsError::Capacity(e)) => {
@@ -303,13 +344,21 @@ async fn read_loop(
     }
 }
 
-/// One binary frame: decode, then the module's request handling or the
+/// A connection's budgets: module requests, and every inbound frame.
+#[derive(Default)]
+pub(crate) struct Budgets {
+    requests: control::Limiter,
+    inbound: Inbound,
+}
+
+/// One binary frame: the cost rule and the inbound budget (both before
+/// decoding), decode, then the module's request handling or the
 /// application's message handlers.
-async fn on_frame(
+pub(crate) async fn on_frame(
     inner: &Arc<Endpoint>,
     conn: &Arc<Connection>,
     handle: &Conn,
-    limiter: &mut control::Limiter,
+    budgets: &mut Budgets,
     frame: Bytes,
 ) {
     let m = &inner.hub().metrics;
@@ -317,11 +366,55 @@ async fn on_frame(
     let slot = m.hot.slot();
     slot.received(frame.len());
     let started = slot.sample().then(Instant::now);
+    if inner.anonymous_echo {
+        // The conformance test mode: the frame goes back as it came.
+        let _ = conn.push(frame);
+        return;
+    }
+    let o = &inner.hub().options;
+    let limits = cost::Limits::new(
+        o.max_metadata_entries,
+        o.max_metadata_bytes,
+        o.max_state_keys,
+    );
+    let scan = match cost::scan(&frame, &limits) {
+        Ok(scan) => scan,
+        Err(cost::Refused::Over(what)) => {
+            m.messages_over_entry_limits.fetch_add(1, Ordering::Relaxed);
+            protocol_close(conn, code::MESSAGE_TOO_BIG, what, &what);
+            return;
+        }
+        Err(cost::Refused::Malformed) => {
+            protocol_close(
+                conn,
+                code::INVALID_PAYLOAD,
+                "invalid edk.ws.v1.Message",
+                &"malformed protobuf",
+            );
+            return;
+        }
+    };
+    if !budgets.inbound.allow(o, frame.len()) {
+        let id = std::str::from_utf8(&frame[scan.id]).unwrap_or_default();
+        if scan.is_request || !id.is_empty() {
+            m.inbound_rate_limited.fetch_add(1, Ordering::Relaxed);
+            control::reply_error(
+                handle,
+                id.to_owned(),
+                Code::RateLimited,
+                "over the inbound budget",
+            );
+        } else {
+            m.inbound_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(bytes = frame.len(), "over the inbound budget");
+        return;
+    }
     match codec::decode_inbound(frame, conn.user_id()) {
         Ok(msg) => {
             debug!(id = %msg.id, r#type = %msg.r#type, room = %msg.room, "message");
             let kind = if control::is_request(&msg) {
-                control::handle(inner, handle, limiter, msg).await;
+                control::handle(inner, handle, &mut budgets.requests, msg).await;
                 Handling::Request
             } else if let Some(route) = inner.routes.get(&msg.r#type) {
                 route.handle(inner, handle, msg).await;
@@ -415,7 +508,11 @@ fn write_loop(
                 let _ = sink.send(WsMessage::Close(Some(frame))).await;
                 break;
             }
-            if sink.flush().await.is_err() || batch.ended {
+            if sink.flush().await.is_err() {
+                break;
+            }
+            conn.queue.sent();
+            if batch.ended {
                 break;
             }
         }

@@ -87,7 +87,7 @@ impl TestServer {
             .and(client.handler())
             .or(warp::path("healthz").map(|| "ok"));
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(warp::serve(routes).incoming(listener).run());
+        tokio::spawn(edk_ws::serve(routes, listener, &client).run());
         TestServer {
             addr,
             client,
