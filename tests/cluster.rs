@@ -290,6 +290,17 @@ async fn rooms_work_across_nodes() {
         assert_eq!(m["b"], state(&[("seat", "9")]));
         assert_eq!(ms.room_state, state(&[("topic", "chess")]));
     }
+    // A re-join with a new member state is told on every node, as an
+    // UpdateState of member state would be.
+    b.join("r", &[("seat", "7")]).await;
+    for p in [&mut a, &mut c] {
+        p.wait_for("b's state after a re-join", |m| {
+            state_changed(m).is_some_and(|s| {
+                s.user_id == "b" && s.changes.get("seat").map(String::as_str) == Some("7")
+            })
+        })
+        .await;
+    }
     // A publish from node 2 reaches the members on 0 and 1 (not the sender).
     let id = c.next_id();
     assert_ack(&c.request(publish_req(&id, "r", "chat", b"hi")).await);

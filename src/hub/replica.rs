@@ -128,7 +128,9 @@ impl Hub {
                 read_only: m.read_only,
             };
             match r.members.insert(m.user.clone(), entry) {
-                Some(old) if old.epoch == m.epoch => {}
+                Some(old) if old.epoch == m.epoch => {
+                    self.member_state_replaced(room, r, &m.user, &old.state);
+                }
                 Some(old) => {
                     // A newer connection of the user took the seat.
                     if let Some(c) = old.conn {

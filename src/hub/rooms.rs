@@ -372,22 +372,9 @@ impl Hub {
                     Some(c) if c.id() == conn.id() => {
                         // A re-join: the new member state replaces the old,
                         // and everyone is told as for an `UpdateState`.
-                        let (changes, removed) = diff(&m.state, &state);
-                        m.state = state;
+                        let old = std::mem::replace(&mut m.state, state);
                         m.read_only = read_only;
-                        if !changes.is_empty() || !removed.is_empty() {
-                            let frame = event(Control::StateChanged(StateChanged {
-                                room: room.to_owned(),
-                                user_id: user.to_string(),
-                                changes,
-                                removed,
-                            }));
-                            let everyone = Target::Members {
-                                members: &r.members,
-                                except: None,
-                            };
-                            let _ = self.deliver(everyone, &frame);
-                        }
+                        self.member_state_replaced(room, &r, &user, &old);
                         return Ok(());
                     }
                     // A newer connection of the user is in already: this
@@ -493,6 +480,34 @@ impl Hub {
             joined: false,
         };
         self.member_event(room, r, change, user);
+    }
+
+    /// `user`'s member state was replaced (a re-join): every member gets the
+    /// `StateChanged` an `UpdateState` would have caused, under the room's
+    /// lock; nothing when the state is the same.
+    pub(super) fn member_state_replaced(
+        &self,
+        room: &str,
+        r: &Room,
+        user: &str,
+        old: &HashMap<String, String>,
+    ) {
+        let Some(m) = r.members.get(user) else { return };
+        let (changes, removed) = diff(old, &m.state);
+        if changes.is_empty() && removed.is_empty() {
+            return;
+        }
+        let frame = event(Control::StateChanged(StateChanged {
+            room: room.to_owned(),
+            user_id: user.to_owned(),
+            changes,
+            removed,
+        }));
+        let everyone = Target::Members {
+            members: &r.members,
+            except: None,
+        };
+        let _ = self.deliver(everyone, &frame);
     }
 
     /// Sends (or, in large rooms, batches) a member event to the others,

@@ -119,7 +119,9 @@ pub struct Node {
     child: Option<Child>,
 }
 
-/// The example server binary, built by `cargo test` beside the tests.
+/// The example server binary, built by `cargo test` beside the tests (a
+/// filtered run such as `cargo test --test cluster` does not rebuild it:
+/// `cargo build --examples` first).
 fn server_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
