@@ -19,9 +19,11 @@
 //!   at debug.
 //! - `--redis URL` (or `EDK_WS_REDIS_URL`): several server processes sharing
 //!   one Redis behave as one server (see the README's "Scaling out").
-//! - `--admin`: `POST /admin/kick/USER`, `POST /admin/close_room/ROOM` and
-//!   `GET /admin/members/ROOM` (server-side calls, for tests and operators;
-//!   off by default, bind to loopback when on).
+//! - `--admin`: `POST /admin/kick/USER`, `POST /admin/send/USER` (a
+//!   `send_checked`: answers `Local`, `Forwarded` or 404 not connected),
+//!   `POST /admin/close_room/ROOM` and `GET /admin/members/ROOM`
+//!   (server-side calls, for tests and operators; off by default, bind to
+//!   loopback when on).
 //! - A typed route with the application's own `.proto`
 //!   (`proto/examples/chat.proto`): `chat.send` (`SendRequest` → `SendReply`;
 //!   every connected user gets a `chat.line` message with a `Line`), and
@@ -281,12 +283,27 @@ fn admin_routes(
         .and(with())
         .map(
             |user: String, c: WsClient| match c.kick(&user, "kicked by admin") {
-                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Ok(_) => StatusCode::NO_CONTENT.into_response(),
                 Err(e) => {
                     warp::reply::with_status(e.to_string(), StatusCode::NOT_FOUND).into_response()
                 }
             },
         );
+    let send = warp::post()
+        .and(warp::path!("admin" / "send" / String))
+        .and(with())
+        .then(|user: String, c: WsClient| async move {
+            let msg = Message {
+                r#type: "admin".into(),
+                ..Default::default()
+            };
+            match c.send_checked(&user, msg).await {
+                Ok(d) => format!("{d:?}").into_response(),
+                Err(e) => {
+                    warp::reply::with_status(e.to_string(), StatusCode::NOT_FOUND).into_response()
+                }
+            }
+        });
     let close = warp::post()
         .and(warp::path!("admin" / "close_room" / String))
         .and(with())
@@ -309,7 +326,7 @@ fn admin_routes(
             }
             None => StatusCode::NOT_FOUND.into_response(),
         });
-    on.and(kick.or(close).unify().or(members).unify())
+    on.and(kick.or(send).unify().or(close).unify().or(members).unify())
         .map(|(), r| r)
 }
 

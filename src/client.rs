@@ -13,7 +13,7 @@ use warp::Filter;
 use crate::auth::Authenticator;
 use crate::backplane::{Backplane, LocalBackplane, Node};
 use crate::conn::Conn;
-use crate::error::{SendError, SendReport};
+use crate::error::{Delivery, SendError, SendReport};
 use crate::hub::policy::{RoomPolicy, StateChange};
 use crate::hub::presence::ActivityError;
 use crate::hub::rooms::RoomError;
@@ -284,13 +284,41 @@ impl WsClient {
     /// `sender` is kept as given (`""` means the server; a message received
     /// from a client carries its origin user id).
     ///
+    /// `Ok(Delivery::Local)`: queued here. In a cluster, a user with no
+    /// connection here gets `Ok(Delivery::Forwarded)`: handed to the
+    /// backplane for the node that holds the user (at most once; see
+    /// [`send_checked`](WsClient::send_checked) to learn whether one does).
+    ///
     /// # Errors
     ///
-    /// [`SendError`]: `NotConnected`, `ShuttingDown`, or what the
-    /// connection's queue refused (`QueueFull`, `Closed`, `TooLarge`).
-    pub fn send(&self, user_id: &str, mut msg: Message) -> Result<(), SendError> {
+    /// [`SendError`]: `NotConnected` (single process: not connected),
+    /// `ShuttingDown`, `Unavailable` (not here, and the backplane is down),
+    /// or what the connection's queue refused (`QueueFull`, `Closed`,
+    /// `TooLarge`).
+    pub fn send(&self, user_id: &str, mut msg: Message) -> Result<Delivery, SendError> {
         let frame = codec::encode_outbound(&mut msg);
         self.hub().send(user_id, Payload::Frame(frame))
+    }
+
+    /// Like [`send`](WsClient::send), and in a cluster, when the user is not
+    /// here, waits (at most `redis_timeout`) for Redis to say whether a node
+    /// holding the user received it: `Ok(Delivery::Forwarded)` if one did,
+    /// `Err(NotConnected)` if no node holds the user. Such sends are not
+    /// ordered with [`send`](WsClient::send)s to the same user.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](WsClient::send); `NotConnected` means nowhere in the
+    /// cluster.
+    pub async fn send_checked(
+        &self,
+        user_id: &str,
+        mut msg: Message,
+    ) -> Result<Delivery, SendError> {
+        let frame = codec::encode_outbound(&mut msg);
+        self.node()
+            .send_checked(user_id, Payload::Frame(frame))
+            .await
     }
 
     /// Queues `msg` for each of `users` (encoded once, shared by all).
@@ -317,7 +345,7 @@ impl WsClient {
     ///
     /// `NotConnected`; `Closed` when the connection was already closing for
     /// another reason (which stays the reported one).
-    pub fn kick(&self, user_id: &str, reason: &str) -> Result<(), SendError> {
+    pub fn kick(&self, user_id: &str, reason: &str) -> Result<Delivery, SendError> {
         self.hub().kick(user_id, reason)
     }
 

@@ -30,14 +30,34 @@ pub enum SendError {
     Unavailable,
 }
 
+/// Where a message for one user went (`Ok` of [`WsClient::send`](crate::WsClient::send)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// Queued for the user's connection on this node.
+    Local,
+    /// The user has no connection on this node: the message was handed to
+    /// the backplane for the node that holds the user, if one does. Across
+    /// nodes delivery is at most once and not confirmed (a message published
+    /// while that node's Redis connection is down is lost);
+    /// [`WsClient::send_checked`](crate::WsClient::send_checked) waits for
+    /// Redis to say whether a node received it.
+    Forwarded,
+}
+
 /// The outcome of a send to several users ([`send_many`](crate::WsClient::send_many),
 /// [`broadcast`](crate::WsClient::broadcast)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SendReport {
-    /// Connections the message was queued for.
+    /// Connections the message was queued for (on this node).
     pub queued: usize,
-    /// Users it was not queued for, and why.
+    /// Recipients not on this node handed to the backplane for the other
+    /// nodes (for a broadcast: 1 when it was handed on). At most once; see
+    /// [`Delivery::Forwarded`].
+    pub forwarded: usize,
+    /// Users it was not queued for, and why. A broadcast that could not be
+    /// handed to the other nodes is listed as user `*`.
     pub failed: Vec<(String, SendError)>,
 }
 

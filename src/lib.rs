@@ -97,7 +97,7 @@ pub use async_trait::async_trait;
 pub use auth::{AuthError, AuthRequest, Authenticator, Claims, Identity, JwtAuthenticator};
 pub use client::{ConnectError, ShutdownReport, WsClient};
 pub use conn::Conn;
-pub use error::{SendError, SendReport};
+pub use error::{Delivery, SendError, SendReport};
 pub use hub::policy::{AllowAll, JoinDecision, RoomPolicy, RoomSettings, StateChange};
 pub use hub::presence::ActivityError;
 pub use hub::rooms::RoomError;

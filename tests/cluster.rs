@@ -88,6 +88,30 @@ async fn replace_across_nodes() {
     assert_eq!(next_app(&mut new).await.id, "after");
 }
 
+/// 3b. What a send tells its caller: queued here, handed to the node that
+///     holds the user, or connected nowhere; and a kick reaches the user on
+///     another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_results_and_kick_across_nodes() {
+    let (_redis, nodes) = cluster(2, &[]).await;
+    let mut u = nodes[1].connect("u").await;
+    assert_eq!(
+        nodes[1].admin("POST", "/admin/send/u").await,
+        (200, "Local".into())
+    );
+    assert_eq!(
+        nodes[0].admin("POST", "/admin/send/u").await,
+        (200, "Forwarded".into())
+    );
+    let (status, body) = nodes[0].admin("POST", "/admin/send/nobody").await;
+    assert_eq!((status, body.as_str()), (404, "user is not connected"));
+    for _ in 0..2 {
+        assert_eq!(recv(&mut u).await.r#type, "admin");
+    }
+    assert_eq!(nodes[0].admin("POST", "/admin/kick/u").await.0, 204);
+    assert_eq!(expect_close(&mut u).await.0, 4002);
+}
+
 /// 4. Fifty rounds of three simultaneous handshakes for one user on three
 ///    nodes: exactly one survivor each round; in refuse mode exactly one 101
 ///    and the rest 409.
@@ -623,4 +647,27 @@ async fn graceful_stop_releases_at_once() {
     assert!(nodes[0].try_connect("g").await.is_ok());
     drop(g);
     nodes[1].stop().await;
+}
+
+/// A Redis that requires an ACL user and password: the URL's credentials
+/// are used; wrong ones leave the backplane down (handshakes 503), never a
+/// node that pretends to be clustered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_with_an_acl_user() {
+    let acl = [
+        "--user", "default", "off", "--user", "edk", "on", ">s3cret", "~*", "&*", "+@all",
+    ];
+    let redis = Redis::start_with(&acl, "edk:s3cret").await;
+    let a_node = Node::start(&redis, "n0", &[]).await;
+    let b_node = Node::start(&redis, "n1", &[]).await;
+    let mut a = Peer::new("a", a_node.connect("a").await);
+    let mut b = Peer::new("b", b_node.connect("b").await);
+    a.send(&direct("hi", "b")).await;
+    assert_eq!(next_app(&mut b).await.id, "hi");
+    let bad = format!("redis://edk:wrong@127.0.0.1:{}", redis.port);
+    let lost = Node::start_at(&bad, "n2", &[]).await;
+    assert_eq!(
+        lost.try_connect("c").await.err().map(|s| s.as_u16()),
+        Some(503)
+    );
 }

@@ -98,7 +98,7 @@ pub fn routes(dev: Option<(JwtAuthenticator, WsClient)>) -> BoxedFilter<(Respons
             };
             let reason = q.get("reason").map_or("kicked", String::as_str);
             match client.kick(user, reason) {
-                Ok(()) => text(StatusCode::OK, "kicked"),
+                Ok(_) => text(StatusCode::OK, "kicked"),
                 Err(e) => text(StatusCode::NOT_FOUND, &e.to_string()),
             }
         });

@@ -60,6 +60,10 @@ impl Backplane for LocalBackplane {
         Ok(()) // no other node to reach
     }
 
+    async fn publish_confirmed(&self, _: Topic<'_>, _: &Payload) -> Result<usize, BackplaneError> {
+        Ok(0) // nobody else listens
+    }
+
     fn publish_activities(&self, _: Vec<ActivityRecord>) {}
 
     async fn claim(&self, _user: &str, _conn: u64, _refuse_new: bool) -> Result<Claim, ClaimError> {

@@ -123,6 +123,14 @@ pub(crate) trait Backplane: Send + Sync + 'static {
         except: &[&str],
     ) -> Result<(), BackplaneError>;
 
+    /// Publishes `payload` for `topic` now (not queued) and returns how many
+    /// nodes received it (0: none listens to it).
+    async fn publish_confirmed(
+        &self,
+        topic: Topic<'_>,
+        payload: &Payload,
+    ) -> Result<usize, BackplaneError>;
+
     /// Hands one batch window's activity changes made here to the others.
     fn publish_activities(&self, batch: Vec<ActivityRecord>);
 

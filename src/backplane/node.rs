@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{Backplane, BackplaneError, ClaimError, MemberRecord};
 use crate::conn::Connection;
-use crate::error::SendError;
+use crate::error::{Delivery, SendError};
 use crate::hub::policy::{RoomSettings, StateChange};
 use crate::hub::presence::ActivityError;
 use crate::hub::registry::Admission;
@@ -395,6 +395,27 @@ impl Node {
         }
         self.hub.set_activity(conn, status, detail);
         Ok(())
+    }
+
+    /// Delivers `payload` to `user` here, or (clustered) through the
+    /// backplane, waiting for whether a node received it.
+    pub async fn send_checked(&self, user: &str, payload: Payload) -> Result<Delivery, SendError> {
+        if !self.clustered {
+            return self.hub.send(user, payload);
+        }
+        match self.hub.send_local(user, &payload) {
+            Err(SendError::NotConnected) => {}
+            other => return other,
+        }
+        match self
+            .backplane
+            .publish_confirmed(Topic::User(user), &payload)
+            .await
+        {
+            Ok(0) => Err(SendError::NotConnected),
+            Ok(_) => Ok(Delivery::Forwarded),
+            Err(BackplaneError::Unavailable) => Err(SendError::Unavailable),
+        }
     }
 
     /// Starts the backplane and waits (at most `wait`) until it is up.

@@ -40,7 +40,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 
 use crate::conn::{Connection, QueueLimits};
-use crate::error::{SendError, SendReport};
+use crate::error::{Delivery, SendError, SendReport};
 use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::protocol::close::{code, CloseRequest, DisconnectReason};
@@ -271,18 +271,29 @@ impl Hub {
     }
 
     /// Delivers `payload` to `user`, here or wherever the user is.
-    pub fn send(&self, user: &str, payload: Payload) -> Result<(), SendError> {
+    pub fn send(&self, user: &str, payload: Payload) -> Result<Delivery, SendError> {
         self.open()?;
         self.send_to(user, payload)
     }
 
-    fn send_to(&self, user: &str, payload: Payload) -> Result<(), SendError> {
+    /// Delivers `payload` to `user`'s connection here only.
+    pub fn send_local(&self, user: &str, payload: &Payload) -> Result<Delivery, SendError> {
+        self.open()?;
+        self.deliver(Target::User(user), payload)
+            .map_or(Err(SendError::NotConnected), SendReport::single)
+            .map(|()| Delivery::Local)
+    }
+
+    fn send_to(&self, user: &str, payload: Payload) -> Result<Delivery, SendError> {
         let local = self
             .deliver(Target::User(user), &payload)
             .map_or(Err(SendError::NotConnected), SendReport::single);
         match (local, self.forward.get()) {
-            (Err(SendError::NotConnected), Some(f)) => f.forward(Topic::User(user), &payload, &[]),
-            (r, _) => r,
+            (Ok(()), _) => Ok(Delivery::Local),
+            (Err(SendError::NotConnected), Some(f)) => f
+                .forward(Topic::User(user), &payload, &[])
+                .map(|()| Delivery::Forwarded),
+            (Err(e), _) => Err(e),
         }
     }
 
@@ -300,14 +311,23 @@ impl Hub {
             .deliver(Target::Users(users), &payload)
             .unwrap_or_default();
         if let Some(f) = self.forward.get() {
-            for (user, e) in &mut report.failed {
-                if *e == SendError::NotConnected {
-                    *e = match f.forward(Topic::User(user), &payload, &[]) {
-                        Ok(()) => continue,
-                        Err(fe) => fe,
-                    };
+            let mut forwarded = 0;
+            report.failed.retain_mut(|(user, e)| {
+                if *e != SendError::NotConnected {
+                    return true;
                 }
-            }
+                match f.forward(Topic::User(user), &payload, &[]) {
+                    Ok(()) => {
+                        forwarded += 1;
+                        false
+                    }
+                    Err(fe) => {
+                        *e = fe;
+                        true
+                    }
+                }
+            });
+            report.forwarded = forwarded;
         }
         report
     }
@@ -326,15 +346,16 @@ impl Hub {
         let all = Target::All { except: None };
         report = self.deliver(all, &payload).unwrap_or_default();
         if let Some(f) = self.forward.get() {
-            if let Err(e) = f.forward(Topic::All, &payload, &[]) {
-                tracing::warn!(error = %e, "broadcast not handed to the other nodes");
+            match f.forward(Topic::All, &payload, &[]) {
+                Ok(()) => report.forwarded = 1,
+                Err(e) => report.failed.push(("*".to_owned(), e)),
             }
         }
         report
     }
 
     /// Closes `user`'s connection with 4002 and `reason`.
-    pub fn kick(&self, user: &str, reason: &str) -> Result<(), SendError> {
+    pub fn kick(&self, user: &str, reason: &str) -> Result<Delivery, SendError> {
         let kick = CloseRequest::new(code::KICKED, reason, DisconnectReason::Kicked);
         self.send_to(user, Payload::Close(kick))
     }

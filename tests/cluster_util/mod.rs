@@ -35,13 +35,31 @@ async fn accepting(port: u16, within: Duration) {
 /// The test's own Redis.
 pub struct Redis {
     pub port: u16,
+    /// Extra `redis-server` arguments (e.g. an ACL user).
+    args: Vec<String>,
+    /// `user:password@` in its URL, when it requires one.
+    auth: String,
     child: Option<Child>,
 }
 
 impl Redis {
     pub async fn start() -> Redis {
+        Self::start_with(&[], "").await
+    }
+
+    /// With extra server arguments and `user:password` for the URL.
+    pub async fn start_with(args: &[&str], auth: &str) -> Redis {
         let port = free_port();
-        let mut r = Redis { port, child: None };
+        let mut r = Redis {
+            port,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            auth: if auth.is_empty() {
+                String::new()
+            } else {
+                format!("{auth}@")
+            },
+            child: None,
+        };
         r.spawn().await;
         r
     }
@@ -50,6 +68,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -69,13 +88,13 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}127.0.0.1:{}", self.auth, self.port)
     }
 
     /// Runs a command with redis-cli; its output, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+            .args(["-u", &self.url()])
             .args(args)
             .output()
             .expect("redis-cli");
@@ -138,10 +157,15 @@ impl Node {
     /// Starts a node joined to `redis` with these extra `EDK_WS_*`
     /// variables; returns once it serves.
     pub async fn start(redis: &Redis, id: &str, env: &[(&str, &str)]) -> Node {
+        Self::start_at(&redis.url(), id, env).await
+    }
+
+    /// Like [`Node::start`], with this Redis URL.
+    pub async fn start_at(redis_url: &str, id: &str, env: &[(&str, &str)]) -> Node {
         let port = free_port();
         let mut cmd = Command::new(server_bin());
         cmd.args(["--addr", &format!("127.0.0.1:{port}"), "--admin"])
-            .args(["--redis", &redis.url()])
+            .args(["--redis", redis_url])
             .env("EDK_WS_JWT_SECRET", std::str::from_utf8(SECRET).unwrap())
             .env("EDK_WS_NODE_ID", id)
             .env(

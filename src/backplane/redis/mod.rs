@@ -186,6 +186,44 @@ impl Shared {
         }))
     }
 
+    /// The publish of `payload` for `topic`: its channel and envelope
+    /// (`None`: nothing to send, e.g. a close for a room).
+    fn out(&self, topic: Topic<'_>, payload: &Payload, except: &[&str]) -> Option<Out> {
+        let (channel, sharded) = match topic {
+            Topic::User(u) => (self.keys.user_channel(u), true),
+            Topic::Room(r) => (self.keys.room_channel(r), true),
+            Topic::All => (self.keys.all_channel(), false),
+        };
+        let body = match payload {
+            Payload::Frame(frame) => Body::Deliver(cluster::Deliver {
+                frame: frame.clone(),
+                exclude: except.iter().map(|u| u.to_string()).collect(),
+                user: match topic {
+                    Topic::User(u) => u.to_owned(),
+                    _ => String::new(),
+                },
+                room: match topic {
+                    Topic::Room(r) => r.to_owned(),
+                    _ => String::new(),
+                },
+            }),
+            Payload::Close(req) => match topic {
+                Topic::User(u) => Body::Close(cluster::Close {
+                    user: u.to_owned(),
+                    code: req.code as u32,
+                    reason: req.text.clone(),
+                    ..Default::default()
+                }),
+                _ => return None,
+            },
+        };
+        Some(Out {
+            channel,
+            sharded,
+            bytes: self.envelope(body),
+        })
+    }
+
     fn member_record(&self, m: &MemberRecord<'_>) -> cluster::Member {
         cluster::Member {
             user: m.user.to_owned(),
@@ -394,41 +432,30 @@ impl Backplane for RedisBackplane {
         payload: &Payload,
         except: &[&str],
     ) -> Result<(), BackplaneError> {
-        let s = &self.s;
-        let (channel, sharded) = match topic {
-            Topic::User(u) => (s.keys.user_channel(u), true),
-            Topic::Room(r) => (s.keys.room_channel(r), true),
-            Topic::All => (s.keys.all_channel(), false),
+        match self.s.out(topic, payload, except) {
+            Some(out) => self.s.link.publish(out),
+            None => Ok(()),
+        }
+    }
+
+    async fn publish_confirmed(
+        &self,
+        topic: Topic<'_>,
+        payload: &Payload,
+    ) -> Result<usize, BackplaneError> {
+        let Some(out) = self.s.out(topic, payload, &[]) else {
+            return Ok(0);
         };
-        let body = match payload {
-            Payload::Frame(frame) => Body::Deliver(cluster::Deliver {
-                frame: frame.clone(),
-                exclude: except.iter().map(|u| u.to_string()).collect(),
-                user: match topic {
-                    Topic::User(u) => u.to_owned(),
-                    _ => String::new(),
-                },
-                room: match topic {
-                    Topic::Room(r) => r.to_owned(),
-                    _ => String::new(),
-                },
-            }),
-            Payload::Close(req) => match topic {
-                Topic::User(u) => Body::Close(cluster::Close {
-                    user: u.to_owned(),
-                    code: req.code as u32,
-                    reason: req.text.clone(),
-                    ..Default::default()
-                }),
-                _ => return Ok(()),
-            },
-        };
-        let bytes = s.envelope(body);
-        s.link.publish(Out {
-            channel,
-            sharded,
-            bytes,
-        })
+        self.s
+            .link
+            .call(|mut con| async move {
+                redis::cmd(if out.sharded { "SPUBLISH" } else { "PUBLISH" })
+                    .arg(out.channel)
+                    .arg(out.bytes)
+                    .query_async::<usize>(&mut con)
+                    .await
+            })
+            .await
     }
 
     fn publish_activities(&self, batch: Vec<ActivityRecord>) {
