@@ -23,7 +23,7 @@ const read = (p) => {
 
 const tmp = mkdtempSync(path.join(tmpdir(), "edk-gen-"));
 try {
-  execFileSync("npx", ["buf", "generate", "../../proto", "--template", "buf.gen.yaml", "-o", tmp], {
+  execFileSync("npx", ["buf", "generate", "../../proto", "--template", "buf.gen.yaml", "--path", "../../proto/ws.proto", "-o", tmp], {
     cwd: pkgRoot,
     stdio: "inherit",
   });
