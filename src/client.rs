@@ -233,9 +233,17 @@ impl WsClient {
     /// [`asyncapi`](WsClient::asyncapi) documents the route with their
     /// schemas. Routing `name` again replaces the route.
     ///
-    /// ```ignore
-    /// client.route("chat.send", |conn, req: SendRequest| async move {
-    ///     Ok(SendReply { seq: 1 })
+    /// ```
+    /// use edk_ws::{proto::error::Code, JwtAuthenticator, Options, RouteError, WsClient};
+    /// let client = WsClient::new(Options::default(), JwtAuthenticator::new(b"k"));
+    /// // Any prost type with `ReflectMessage` (e.g. your own, generated with
+    /// // `#[derive(prost_reflect::ReflectMessage)]`: see examples/server.rs);
+    /// // here the well-known `StringValue` and `UInt64Value`.
+    /// client.route("text.length", |_conn, text: String| async move {
+    ///     if text.is_empty() {
+    ///         return Err(RouteError::new(Code::InvalidRequest, "empty"));
+    ///     }
+    ///     Ok(text.chars().count() as u64)
     /// });
     /// ```
     pub fn route<Req, Resp, F, Fut>(&self, name: &str, handler: F)

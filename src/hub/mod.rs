@@ -371,7 +371,9 @@ impl Hub {
     ) -> Result<SendReport, RoomError> {
         let payload = Payload::Frame(frame);
         let report = self.deliver(Target::Room { room, from, except }, &payload)?;
-        if let Some(f) = self.forward.get() {
+        // One publish for the other nodes, only when some member is on one.
+        let remote = || self.rooms.has_remote_members(room);
+        if let Some(f) = self.forward.get().filter(|_| remote()) {
             if let Err(e) = f.forward(Topic::Room(room), &payload, except) {
                 tracing::warn!(room, error = %e, "publish not handed to the other nodes");
             }

@@ -256,6 +256,12 @@ impl Rooms {
         })
     }
 
+    /// Whether some member of `room` is connected to another node.
+    pub fn has_remote_members(&self, room: &str) -> bool {
+        self.get(room)
+            .is_some_and(|r| r.lock().members.values().any(|m| m.conn.is_none()))
+    }
+
     /// The shared state of `room`.
     pub fn room_state(&self, room: &str) -> Option<HashMap<String, String>> {
         Some(self.get(room)?.lock().state.clone())
