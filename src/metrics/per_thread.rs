@@ -80,7 +80,7 @@ impl Slot {
     pub fn sample(&self) -> bool {
         let t = self.tick.get();
         self.tick.add(1);
-        t % SAMPLE_EVERY == 0
+        t.is_multiple_of(SAMPLE_EVERY)
     }
 
     /// A sampled message took `took` to handle.
