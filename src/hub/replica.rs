@@ -21,7 +21,7 @@ use super::{Hub, Payload, Target};
 use crate::conn::Connection;
 use crate::protocol::codec;
 use crate::protocol::proto::message::Control;
-use crate::protocol::proto::{MemberChanged, MemberChanges, RoomClosed};
+use crate::protocol::proto::{MemberChanged, MemberChanges};
 
 /// What applying a change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,19 @@ pub(crate) struct MemberUpdate {
     pub epoch: u64,
     pub state: HashMap<String, String>,
     pub read_only: bool,
+}
+
+impl MemberUpdate {
+    fn into_entry(self) -> (Arc<str>, MemberEntry) {
+        let entry = MemberEntry {
+            conn: self.conn,
+            node: self.node,
+            epoch: self.epoch,
+            state: self.state,
+            read_only: self.read_only,
+        };
+        (self.user, entry)
+    }
 }
 
 /// A room as read from the cluster at `version`.
@@ -120,16 +133,11 @@ impl Hub {
                     }
                 }
             }
-            let entry = MemberEntry {
-                conn: m.conn,
-                node: m.node,
-                epoch: m.epoch,
-                state: m.state,
-                read_only: m.read_only,
-            };
-            match r.members.insert(m.user.clone(), entry) {
-                Some(old) if old.epoch == m.epoch => {
-                    self.member_state_replaced(room, r, &m.user, &old.state);
+            let epoch = m.epoch;
+            let (user, entry) = m.into_entry();
+            match r.members.insert(user.clone(), entry) {
+                Some(old) if old.epoch == epoch => {
+                    self.member_state_replaced(room, r, &user, &old.state);
                 }
                 Some(old) => {
                     // A newer connection of the user took the seat.
@@ -140,10 +148,10 @@ impl Hub {
                 None => {
                     let change = MemberChanged {
                         room: room.to_owned(),
-                        member: Some(r.member(&m.user)),
+                        member: Some(r.member(&user)),
                         joined: true,
                     };
-                    self.member_event(room, r, change, &m.user);
+                    self.member_event(room, r, change, &user);
                 }
             }
         })
@@ -175,25 +183,7 @@ impl Hub {
 
     /// The room was closed: local members get `RoomClosed`.
     pub fn apply_close(&self, room: &str, reason: &str, version: u64) -> Applied {
-        self.apply_next(room, version, None, |r| {
-            let frame = Payload::Frame(codec::encode_control(
-                String::new(),
-                Control::RoomClosed(RoomClosed {
-                    room: room.to_owned(),
-                    reason: reason.to_owned(),
-                }),
-            ));
-            let everyone = Target::Members {
-                members: &r.members,
-                except: None,
-            };
-            let _ = self.deliver(everyone, &frame);
-            for (_, m) in std::mem::take(&mut r.members) {
-                if let Some(conn) = m.conn {
-                    remove_from_list(&conn, room);
-                }
-            }
-        })
+        self.apply_next(room, version, None, |r| self.closed(room, r, reason))
     }
 
     /// Every member on `node` (which died) left.
@@ -232,14 +222,8 @@ impl Hub {
         }
         let old = std::mem::take(&mut r.members);
         for m in snap.members {
-            let entry = MemberEntry {
-                conn: m.conn,
-                node: m.node,
-                epoch: m.epoch,
-                state: m.state,
-                read_only: m.read_only,
-            };
-            r.members.insert(m.user, entry);
+            let (user, entry) = m.into_entry();
+            r.members.insert(user, entry);
         }
         // Local connections that are no longer members leave their list.
         for (user, m) in old {

@@ -702,6 +702,13 @@ impl Hub {
         let room_ref = self.rooms.map.write().remove(room)?;
         let mut r = room_ref.lock();
         r.gone = true;
+        let n = r.members.len();
+        self.closed(room, &mut r, reason);
+        Some(n)
+    }
+
+    /// Tells every member `room` was closed and empties it (under its lock).
+    pub(super) fn closed(&self, room: &str, r: &mut Room, reason: &str) {
         let frame = event(Control::RoomClosed(RoomClosed {
             room: room.to_owned(),
             reason: reason.to_owned(),
@@ -711,13 +718,11 @@ impl Hub {
             except: None,
         };
         let _ = self.deliver(everyone, &frame);
-        let n = r.members.len();
         for (_, m) in std::mem::take(&mut r.members) {
             if let Some(conn) = m.conn {
                 remove_from_list(&conn, room);
             }
         }
-        Some(n)
     }
 }
 

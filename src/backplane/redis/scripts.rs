@@ -27,6 +27,21 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{WITH_VERSION}\n{body}"))
 }
 
+/// The room scripts' keys (`KEYS`: m e n s v cfg channel, see `keys.rs`)
+/// and what an emptied room leaves: its keys go, its version stays (a day)
+/// so versions only grow.
+const ROOM: &str = r#"
+local m, e, n, s, v, cfg, ch = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local function drop_room()
+  redis.call('DEL', m, e, n, s, cfg)
+  redis.call('PEXPIRE', v, 86400000)
+end
+"#;
+
+fn room_script(body: &str) -> Script {
+    script(&format!("{ROOM}\n{body}"))
+}
+
 /// Claims a user's one connection.
 /// KEYS: own. ARGV: node, conn, refuse_new (1/0), dead nodes….
 /// Returns `{'-1', '', '', ''}` (conflict: refuse mode and the owner's node
@@ -127,9 +142,8 @@ return 0
 /// Returns `{'-1', ''}` stale epoch, `{'-2', ''}` full, or
 /// `{version, settings blob}`.
 pub(crate) static ROOM_JOIN: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    room_script(
         r#"
-local m, e, n, s, v, cfg, ch = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local user, epoch = ARGV[1], tonumber(ARGV[2])
 local cur = redis.call('HGET', e, user)
 if cur and tonumber(cur) > epoch then return {'-1', ''} end
@@ -156,18 +170,14 @@ return {tostring(version), redis.call('HGET', cfg, 'settings')}
 /// KEYS: m e n s v cfg channel. ARGV: user, epoch, envelope.
 /// Returns `{-1}` not a member (or a newer connection's seat), or `{version}`.
 pub(crate) static ROOM_LEAVE: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    room_script(
         r#"
-local m, e, n, s, v, cfg, ch = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 if redis.call('HGET', e, ARGV[1]) ~= ARGV[2] then return {-1} end
 redis.call('HDEL', m, ARGV[1])
 redis.call('HDEL', e, ARGV[1])
 redis.call('HDEL', n, ARGV[1])
 local version = redis.call('INCR', v)
-if redis.call('HLEN', m) == 0 then
-  redis.call('DEL', m, e, n, s, cfg)
-  redis.call('PEXPIRE', v, 86400000)
-end
+if redis.call('HLEN', m) == 0 then drop_room() end
 redis.call('SPUBLISH', ch, with_version(ARGV[3], version))
 return {version}
 "#,
@@ -182,9 +192,8 @@ return {version}
 /// Returns `{-1}` stale member, `{-3}` version moved on, `{-4}` no room, or
 /// `{version}`.
 pub(crate) static ROOM_UPDATE: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    room_script(
         r#"
-local m, e, n, s, v, cfg, ch = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 if redis.call('EXISTS', cfg) == 0 then return {-4} end
 if (redis.call('GET', v) or '0') ~= ARGV[1] then return {-3} end
 local user = ARGV[2]
@@ -207,14 +216,12 @@ return {version}
 /// Closes a room. KEYS: m e n s v cfg channel. ARGV: envelope.
 /// Returns `{-4}` no room, or `{version, members it had}`.
 pub(crate) static ROOM_CLOSE: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    room_script(
         r#"
-local m, e, n, s, v, cfg, ch = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 if redis.call('EXISTS', cfg) == 0 then return {-4} end
 local count = redis.call('HLEN', m)
-redis.call('DEL', m, e, n, s, cfg)
 local version = redis.call('INCR', v)
-redis.call('PEXPIRE', v, 86400000)
+drop_room()
 redis.call('SPUBLISH', ch, with_version(ARGV[1], version))
 return {version, count}
 "#,
@@ -225,9 +232,8 @@ return {version, count}
 /// KEYS: m e n s v cfg channel. ARGV: dead node, envelope.
 /// Returns `{version or 0, members removed}`.
 pub(crate) static ROOM_REAP: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    room_script(
         r#"
-local m, e, n, s, v, cfg, ch = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local all = redis.call('HGETALL', n)
 local removed = 0
 for i = 1, #all, 2 do
@@ -240,10 +246,7 @@ for i = 1, #all, 2 do
 end
 if removed == 0 then return {0, 0} end
 local version = redis.call('INCR', v)
-if redis.call('HLEN', m) == 0 then
-  redis.call('DEL', m, e, n, s, cfg)
-  redis.call('PEXPIRE', v, 86400000)
-end
+if redis.call('HLEN', m) == 0 then drop_room() end
 redis.call('SPUBLISH', ch, with_version(ARGV[2], version))
 return {version, removed}
 "#,
