@@ -705,7 +705,9 @@ fn snapshot(inner: &Endpoint) -> MetricsSnapshot {
     let mut m = hub.metrics.snapshot();
     let b = inner.node.backplane();
     m.backplane_down = b.is_clustered() && !b.is_up();
-    m.backplane_publish_errors = b.publish_errors();
+    let stats = b.stats();
+    m.backplane_publish_errors = stats.publish_errors;
+    m.backplane_slow_calls = stats.slow_calls;
     m.rooms = hub.rooms.len() as u64;
     if !hub.options.online_activities_disabled {
         m.activities = hub.presence.len() as u64;

@@ -157,6 +157,10 @@ pub struct MetricsSnapshot {
     /// Cross-node publishes that could not be sent (Redis unreachable, or
     /// the publish queue full): lost, at most once.
     pub backplane_publish_errors: u64,
+    /// Backplane (Redis) calls that took longer than `redis_timeout` while
+    /// Redis still answered a `PING` (this node was busy): each failed (the
+    /// caller got `Unavailable`), but the backplane was not declared down.
+    pub backplane_slow_calls: u64,
     /// How long handshakes took, from the request to the 101 (refusals are
     /// not timed), in nanoseconds.
     pub handshake_duration: HistogramSnapshot,

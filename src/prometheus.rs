@@ -84,6 +84,7 @@ const FAMILIES: &[(&str, &str, Read)] = &[
     ("edk_ws_activities", "Users with a non-offline activity now.", Read::Gauge(|s| s.activities)),
     ("edk_ws_backplane_down", "1 when clustered and the backplane (Redis) is unreachable now.", Read::Gauge(|s| u64::from(s.backplane_down))),
     ("edk_ws_backplane_publish_errors", "Cross-node publishes lost (Redis unreachable or publish queue full).", Read::Counter(|s| s.backplane_publish_errors)),
+    ("edk_ws_backplane_slow_calls", "Redis calls over redis_timeout while Redis answered (this node busy); they failed.", Read::Counter(|s| s.backplane_slow_calls)),
 ];
 
 /// The collector of one or more endpoints.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Backplane, BackplaneError, Claim, ClaimError, MemberRecord};
+use super::{Backplane, BackplaneError, BackplaneStats, Claim, ClaimError, MemberRecord};
 use crate::hub::policy::{RoomSettings, StateChange};
 use crate::hub::rooms::RoomError;
 use crate::hub::{Hub, Payload, Topic};
@@ -48,8 +48,8 @@ impl Backplane for LocalBackplane {
         true
     }
 
-    fn publish_errors(&self) -> u64 {
-        0
+    fn stats(&self) -> BackplaneStats {
+        BackplaneStats::default()
     }
 
     async fn start(&self, _hub: Arc<Hub>, _wait: Duration) {}

@@ -44,6 +44,16 @@ use crate::protocol::proto::Activity;
 pub(crate) use local::LocalBackplane;
 pub(crate) use node::{AdmitError, Admitted, Node};
 
+/// What [`Backplane::stats`] counts.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BackplaneStats {
+    /// Cross-node publishes lost (Redis unreachable, queue full).
+    pub publish_errors: u64,
+    /// Calls that took longer than the timeout while Redis still answered
+    /// (this node was busy): they failed, the backplane stayed up.
+    pub slow_calls: u64,
+}
+
 /// A granted claim on a user's one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Claim {
@@ -101,8 +111,8 @@ pub(crate) trait Backplane: Send + Sync + 'static {
     /// Whether cross-node operations can be done now.
     fn is_up(&self) -> bool;
 
-    /// Cross-node publishes lost so far (Redis unreachable, queue full).
-    fn publish_errors(&self) -> u64;
+    /// Counters of trouble with the other nodes so far.
+    fn stats(&self) -> BackplaneStats;
 
     /// Starts feeding `hub` with what other nodes send (subscriptions,
     /// liveness lease and heartbeats). Returns once it is up, or after

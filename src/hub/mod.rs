@@ -251,7 +251,11 @@ impl Hub {
         match self.registry.get(user) {
             Some(conn) => report.record(user, push(&conn, payload)),
             None => {
-                self.metrics.send_failed(SendError::NotConnected);
+                // In a cluster the caller forwards it: counted only if that
+                // fails too.
+                if self.forward.get().is_none() {
+                    self.metrics.send_failed(SendError::NotConnected);
+                }
                 report.record(user, Err(SendError::NotConnected));
             }
         }
@@ -292,7 +296,8 @@ impl Hub {
             (Ok(()), _) => Ok(Delivery::Local),
             (Err(SendError::NotConnected), Some(f)) => f
                 .forward(Topic::User(user), &payload, &[])
-                .map(|()| Delivery::Forwarded),
+                .map(|()| Delivery::Forwarded)
+                .inspect_err(|e| self.metrics.send_failed(*e)),
             (Err(e), _) => Err(e),
         }
     }
@@ -322,6 +327,7 @@ impl Hub {
                         false
                     }
                     Err(fe) => {
+                        self.metrics.send_failed(fe);
                         *e = fe;
                         true
                     }

@@ -11,7 +11,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota};
 use tracing::debug;
 
 use super::Endpoint;
@@ -47,7 +47,7 @@ impl Limiter {
         let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
         self.0
             .get_or_insert_with(|| {
-                Box::new(RateLimiter::direct(
+                Box::new(super::budget::limiter(
                     Quota::per_second(rate).allow_burst(burst),
                 ))
             })

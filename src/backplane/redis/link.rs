@@ -41,6 +41,9 @@ pub(crate) struct Link {
     timeout: Duration,
     cmd: ArcSwapOption<MultiplexedConnection>,
     sub: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// A handle on the pub/sub connection for a `PING` that tells a Redis
+    /// that is down from a command that waited behind a busy node's queue.
+    probe: ArcSwapOption<MultiplexedConnection>,
     up: AtomicBool,
     down: Notify,
     out: mpsc::Sender<Out>,
@@ -50,6 +53,9 @@ pub(crate) struct Link {
     interest: Mutex<HashMap<String, (usize, bool)>>,
     /// Publishes that failed (counted; at most once across an outage).
     pub publish_errors: AtomicU64,
+    /// Calls that took longer than the timeout while Redis still answered
+    /// (the node was busy): they failed, the backplane stayed up.
+    pub slow_calls: AtomicU64,
     log: LogBudget,
 }
 
@@ -70,12 +76,14 @@ impl Link {
             timeout,
             cmd: ArcSwapOption::empty(),
             sub: tokio::sync::Mutex::new(None),
+            probe: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
             down: Notify::new(),
             out,
             out_rx: Mutex::new(Some(rx)),
             interest: Mutex::new(HashMap::new()),
             publish_errors: AtomicU64::new(0),
+            slow_calls: AtomicU64::new(0),
             log: LogBudget::new(2),
         })
     }
@@ -120,10 +128,31 @@ impl Link {
                 Err(BackplaneError::Unavailable)
             }
             Err(_) => {
-                self.mark_down("a Redis call timed out");
+                // Slow is not down: on a busy node a call can wait behind
+                // its own queue. Redis is down only if it misses a PING too.
+                if self.answers_ping().await {
+                    self.slow_calls.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = self.log.admit() {
+                        warn!(suppressed, "a Redis call took longer than redis_timeout (Redis answers: this node is busy); it failed");
+                    }
+                } else {
+                    self.mark_down("a Redis call timed out and Redis missed a PING");
+                }
                 Err(BackplaneError::Unavailable)
             }
         }
+    }
+
+    /// Whether Redis answers a `PING` within the timeout (on the pub/sub
+    /// connection, which no command queue delays).
+    async fn answers_ping(&self) -> bool {
+        let Some(con) = self.probe.load_full() else {
+            return false;
+        };
+        let mut con = (*con).clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut con);
+        matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
     }
 
     /// Queues a publish (never waits).
@@ -246,6 +275,7 @@ impl Link {
         }
         debug!(channels = channels.len(), "subscribed");
         self.cmd.store(Some(std::sync::Arc::new(cmd)));
+        self.probe.store(Some(std::sync::Arc::new(sub.clone())));
         *self.sub.lock().await = Some(sub);
         Ok(())
     }
@@ -253,6 +283,7 @@ impl Link {
     /// Forgets both connections (after an outage).
     pub async fn disconnect(&self) {
         self.cmd.store(None);
+        self.probe.store(None);
         *self.sub.lock().await = None;
     }
 

@@ -59,6 +59,9 @@ pub(super) async fn supervise(s: Arc<Shared>, up: oneshot::Sender<()>) {
 /// After (re)connecting: announce this node again if Redis lost its data,
 /// retry the cleanups of the outage, and reload every replica.
 async fn recover(s: &Arc<Shared>) -> Result<(), crate::backplane::BackplaneError> {
+    s.link
+        .call(|mut con| async move { scripts::load_all(&mut con).await })
+        .await?;
     let key = s.keys.incarnation();
     let fresh = format!("{:x}", codec::now_ms());
     let incarnation = s
@@ -241,6 +244,8 @@ pub(super) async fn heartbeat(s: Arc<Shared>) {
             continue;
         }
         let Ok(dead) = beat(&s).await else { continue };
+        // Cleanups whose call failed while Redis stayed up (a slow call).
+        s.run_cleanups().await;
         for node in dead {
             if *node != *s.node {
                 reap(&s, &node, true).await.ok();

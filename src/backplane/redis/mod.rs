@@ -51,7 +51,7 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{Backplane, BackplaneError, Claim, ClaimError, MemberRecord};
+use super::{Backplane, BackplaneError, BackplaneStats, Claim, ClaimError, MemberRecord};
 use crate::hub::policy::{RoomSettings, StateChange};
 use crate::hub::replica::{MemberUpdate, RoomSnapshot};
 use crate::hub::rooms::RoomError;
@@ -398,8 +398,11 @@ impl Backplane for RedisBackplane {
         self.s.link.is_up()
     }
 
-    fn publish_errors(&self) -> u64 {
-        self.s.link.publish_errors.load(Ordering::Relaxed)
+    fn stats(&self) -> BackplaneStats {
+        BackplaneStats {
+            publish_errors: self.s.link.publish_errors.load(Ordering::Relaxed),
+            slow_calls: self.s.link.slow_calls.load(Ordering::Relaxed),
+        }
     }
 
     async fn start(&self, hub: Arc<Hub>, wait: Duration) {

@@ -292,3 +292,27 @@ return users
 "#,
     )
 });
+
+/// Loads every script into Redis (after connecting, so that the first
+/// handshakes of a fresh Redis do not each load it).
+pub(crate) async fn load_all(
+    con: &mut redis::aio::MultiplexedConnection,
+) -> redis::RedisResult<()> {
+    for script in [
+        &*CLAIM,
+        &*RELEASE,
+        &*ANNOUNCE,
+        &*HEARTBEAT,
+        &*RELEASE_NODE,
+        &*ROOM_JOIN,
+        &*ROOM_LEAVE,
+        &*ROOM_UPDATE,
+        &*ROOM_CLOSE,
+        &*ROOM_REAP,
+        &*ACTIVITY_SET,
+        &*ACTIVITY_REAP,
+    ] {
+        script.load_async(con).await?;
+    }
+    Ok(())
+}
