@@ -17,7 +17,10 @@
 #   cluster-connect/standalone  handshakes on a server without Redis
 # The placements (and the two connect runs) alternate their order on every
 # other repetition. The load tool reads the CPU time of every server and of
-# Redis over the measured phase (--cpu-pid ROLE=PID, /proc/PID/stat).
+# Redis over the measured phase (--cpu-pid ROLE=PID, /proc/PID/stat). Each
+# run keeps its servers' logs (NAME.nodeI.log, NAME.redis.log) and the
+# number of times a node declared Redis down (NAME.down), which the report
+# shows: Redis is healthy here, so any such event is a node falling behind.
 # Settings: the --cluster-* flags of bench/run (see cluster_usage).
 
 CLUSTER_NODES=3
@@ -30,8 +33,12 @@ CLUSTER_MESSAGES=100
 CLUSTER_CONNS=5000
 CLUSTER_REDIS_PORT=18379
 CLUSTER_BASE_PORT=18091
+# Joins in flight in the fan-out runs (the load tool's default, 256, made
+# node 1 declare Redis down during the 10,000-member join storm).
+CLUSTER_JOIN_CONCURRENCY=64
 CLUSTER_PIDS=()
 REDIS_PID=""
+CLUSTER_RUN=cluster
 
 cluster_usage() {
   echo "cluster flags: --cluster-nodes N (2-9, default $CLUSTER_NODES) --cluster-pairs N --cluster-rate MSGS_PER_S"
@@ -87,7 +94,7 @@ cluster_redis_ready() { # a PONG from Redis (accepting is not yet serving)
     case $reply in +PONG*) return 0;; esac
     sleep 0.05
   done
-  echo "redis-server did not answer PING; log:" >&2; cat "$RESULTS/redis.log" >&2; return 1
+  echo "redis-server did not answer PING; log:" >&2; cat "$RESULTS/$CLUSTER_RUN.redis.log" >&2; return 1
 }
 
 cluster_start() { # "clustered" (Redis + CLUSTER_NODES nodes) | "standalone" (one server, no Redis)
@@ -98,7 +105,7 @@ cluster_start() { # "clustered" (Redis + CLUSTER_NODES nodes) | "standalone" (on
   if [ "$1" = clustered ]; then
     n=$CLUSTER_NODES
     redis-server --port "$CLUSTER_REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-      --loglevel warning >"$RESULTS/redis.log" 2>&1 &
+      --loglevel warning >"$RESULTS/$CLUSTER_RUN.redis.log" 2>&1 &
     REDIS_PID=$!
     cluster_redis_ready
     redis=(--redis "redis://127.0.0.1:$CLUSTER_REDIS_PORT")
@@ -106,16 +113,19 @@ cluster_start() { # "clustered" (Redis + CLUSTER_NODES nodes) | "standalone" (on
   for i in $(seq 1 "$n"); do
     local port=$((CLUSTER_BASE_PORT + i - 1))
     EDK_WS_NODE_ID=bench-n$i RUST_LOG=warn "$BIN/server" --addr "127.0.0.1:$port" "${redis[@]}" \
-      >"$RESULTS/cluster-node$i.log" 2>&1 &
+      >"$RESULTS/$CLUSTER_RUN.node$i.log" 2>&1 &
     CLUSTER_PIDS+=("$!")
   done
   for i in $(seq 1 "$n"); do
-    cluster_wait $((CLUSTER_BASE_PORT + i - 1)) "node $i" "$RESULTS/cluster-node$i.log"
+    cluster_wait $((CLUSTER_BASE_PORT + i - 1)) "node $i" "$RESULTS/$CLUSTER_RUN.node$i.log"
   done
 }
 
 cluster_stop() { # SIGKILL, like stop_server: nothing lingers on the ports
   local p
+  if [ ${#CLUSTER_PIDS[@]} -gt 0 ]; then
+    cat "$RESULTS/$CLUSTER_RUN".node*.log 2>/dev/null | grep -c 'backplane (Redis) down' >"$RESULTS/$CLUSTER_RUN.down" || true
+  fi
   for p in "${CLUSTER_PIDS[@]}" $REDIS_PID; do
     kill -9 "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
@@ -139,6 +149,7 @@ cluster_load() { # scenario label rep url load-args...
 cluster_once() { # mode scenario label rep url load-args...: one run on a fresh cluster
   local mode=$1
   shift
+  CLUSTER_RUN="cluster-$1-$2-$3"
   cluster_start "$mode"
   cluster_load "$@"
   cluster_stop
@@ -149,7 +160,7 @@ run_cluster() {
   for i in $(seq 1 "$CLUSTER_NODES"); do all="$all${all:+,}$(cluster_url "$i")"; done
   local one; one=$(cluster_url 1)
   local send=(cross --peer-url "$(cluster_url 2)" --pairs "$CLUSTER_PAIRS" --duration "$CLUSTER_DURATION")
-  local fan=(fanout --members "$CLUSTER_MEMBERS" --rate 0 --messages "$CLUSTER_MESSAGES")
+  local fan=(--connect-concurrency "$CLUSTER_JOIN_CONCURRENCY" fanout --members "$CLUSTER_MEMBERS" --rate 0 --messages "$CLUSTER_MESSAGES")
   local conn=(connect --conns "$CLUSTER_CONNS")
   for r in $(seq 1 "$REPS"); do
     cluster_once clustered send rate "$r" "$one" "${send[@]}" --rate "$CLUSTER_RATE"

@@ -5,6 +5,7 @@ which hands in its parsed runs and formatting helpers.
 The section sits between two markers, so a run of only the cluster
 scenario replaces it in an existing report (`splice`) and keeps the rest.
 """
+import glob
 import os
 import re
 import statistics
@@ -22,6 +23,17 @@ CLAIMS_PER_S = 8_000
 def _read(results_dir, name):
     path = os.path.join(results_dir, name)
     return open(path).read().strip() if os.path.exists(path) else None
+
+
+def _down_events(results_dir, scn, label):
+    """Per run: how often a node logged that it declared Redis down."""
+    counts = []
+    for path in glob.glob(os.path.join(results_dir, f"{scn}-{label}-*.down")):
+        try:
+            counts.append(int(open(path).read().strip() or 0))
+        except ValueError:
+            pass
+    return counts
 
 
 def _command(cmds, key):
@@ -70,18 +82,25 @@ def section(runs, cmds, values, fmt, results_dir, command, elapsed):
       "2 shared cores. Cells are **median (min–max)** of the runs (count in the table). CPU is "
       "utime + stime from `/proc/PID/stat` of every server process and of Redis over the "
       "measured phase only (not the connecting and joining), divided by what was delivered: "
-      "messages, deliveries or handshakes; `/proc` counts in 10 ms ticks.")
+      "messages, deliveries or handshakes; `/proc` counts in 10 ms ticks. *Redis declared down*: "
+      "how often a node logged that a Redis call timed out (`redis_timeout`, 250 ms) and it "
+      "marked the backplane down, from the nodes' logs up to the end of the run; Redis itself "
+      "is healthy here, so each one is a node falling behind. A run that failed has no figures "
+      "(its count of runs is lower) but still counts its events.")
     p("")
 
     cpu_cols = [("server CPU µs", "cpu_by_process.server_us_per_unit"),
                 ("Redis CPU µs", "cpu_by_process.redis_us_per_unit")]
 
     def table(scn, rows, cols):
-        p("| | runs | " + " | ".join(c[0] for c in cols) + " |")
-        p("|---|---|" + "---|" * len(cols))
+        p("| | runs | " + " | ".join(c[0] for c in cols) + " | Redis declared down |")
+        p("|---|---|" + "---|" * len(cols) + "---|")
         for label, name in rows:
-            if (scn, label) in runs:
-                p(f"| {name} | {n_runs(scn, label)} | " + " | ".join(cell(scn, label, c[1]) for c in cols) + " |")
+            if (scn, label) in runs or _down_events(results_dir, scn, label):
+                down = _down_events(results_dir, scn, label)
+                down = f"{sum(down)} in {sum(1 for d in down if d)} of {len(down)} runs" if down else "—"
+                p(f"| {name} | {n_runs(scn, label)} | " + " | ".join(cell(scn, label, c[1]) for c in cols)
+                  + f" | {down} |")
         p("")
         for label, name in rows:
             c = _command(cmds, (scn, label))
@@ -109,9 +128,9 @@ def section(runs, cmds, values, fmt, results_dir, command, elapsed):
     if any(k[0] == "cluster-fanout" for k in runs):
         p("### Room fan-out: members spread over the nodes vs on one node")
         p("")
-        p("One room, the publisher on node 1 publishing as fast as possible. *one node*: the same "
-          "cluster, every member on node 1 (no other node has members, so nothing crosses Redis); "
-          "*standalone*: a server without Redis.")
+        p("One room, the publisher on node 1 publishing as fast as possible; members join 64 at a "
+          "time. *one node*: the same cluster, every member on node 1 (no other node has members, "
+          "so nothing crosses Redis); *standalone*: a server without Redis.")
         p("")
         table("cluster-fanout",
               [("spread", f"spread over {nodes} nodes"), ("one-node", "all on node 1 (clustered)"),
