@@ -5,7 +5,9 @@ which hands in its parsed runs and formatting helpers.
 The section sits between two markers, so a run of only the cluster
 scenario replaces it in an existing report (`splice`) and keeps the rest.
 """
+import datetime
 import glob
+import json
 import os
 import re
 import statistics
@@ -25,15 +27,36 @@ def _read(results_dir, name):
     return open(path).read().strip() if os.path.exists(path) else None
 
 
+DOWN = "backplane (Redis) down"
+
+
 def _down_events(results_dir, scn, label):
-    """Per run: how often a node logged that it declared Redis down."""
-    counts = []
-    for path in glob.glob(os.path.join(results_dir, f"{scn}-{label}-*.down")):
+    """Times nodes declared Redis down, over the runs of (scn, label):
+    [setup, measured phase, teardown] when the run's JSON has its measured
+    window, else all in setup; None when no run left a count."""
+    found, split = False, [0, 0, 0]
+    for path in sorted(glob.glob(os.path.join(results_dir, f"{scn}-{label}-*.down"))):
+        found = True
+        stem = path[: -len(".down")]
+        window = None
         try:
-            counts.append(int(open(path).read().strip() or 0))
-        except ValueError:
+            with open(stem + ".json") as f:
+                window = json.load(f)["result"]["cpu_by_process"]["window_unix_s"]
+        except (OSError, KeyError, TypeError, ValueError):
             pass
-    return counts
+        for log in glob.glob(stem + ".node*.log"):
+            for line in open(log, errors="replace"):
+                if DOWN not in line:
+                    continue
+                try:
+                    t = datetime.datetime.fromisoformat(line.split()[0]).timestamp()
+                except (ValueError, IndexError):
+                    t = None
+                if window is None or t is None or t < window[0]:
+                    split[0] += 1
+                else:
+                    split[1 if t <= window[1] else 2] += 1
+    return split if found else None
 
 
 def _command(cmds, key):
@@ -80,25 +103,28 @@ def section(runs, cmds, values, fmt, results_dir, command, elapsed):
       f"{nodes} `examples/server` nodes joined to it with `--redis` (default options, JWT auth), "
       "or one server without Redis (*standalone*), all on loopback with the load tool on the same "
       "2 shared cores. Cells are **median (min–max)** of the runs (count in the table). CPU is "
-      "utime + stime from `/proc/PID/stat` of every server process and of Redis over the "
+      "utime + stime from `/proc/PID/stat` of every server process, of Redis and of the load tool over the "
       "measured phase only (not the connecting and joining), divided by what was delivered: "
       "messages, deliveries or handshakes; `/proc` counts in 10 ms ticks. *Redis declared down*: "
-      "how often a node logged that a Redis call timed out (`redis_timeout`, 250 ms) and it "
-      "marked the backplane down, from the nodes' logs up to the end of the run; Redis itself "
-      "is healthy here, so each one is a node falling behind. A run that failed has no figures "
-      "(its count of runs is lower) but still counts its events.")
+      "how often, summed over the runs, a node logged that a Redis call timed out "
+      "(`redis_timeout`, 250 ms) and it marked the backplane down, split by when: before the "
+      "measured phase (connecting, joining), during it, or after it (the load tool closing its "
+      "connections), from the nodes' logs until they were stopped. Redis itself is healthy "
+      "here, so each one is a node falling behind. A run that failed has no figures (its count "
+      "of runs is lower) but still counts its events, all as setup.")
     p("")
 
     cpu_cols = [("server CPU µs", "cpu_by_process.server_us_per_unit"),
-                ("Redis CPU µs", "cpu_by_process.redis_us_per_unit")]
+                ("Redis CPU µs", "cpu_by_process.redis_us_per_unit"),
+                ("load tool CPU µs", "cpu_by_process.load_us_per_unit")]
 
     def table(scn, rows, cols):
-        p("| | runs | " + " | ".join(c[0] for c in cols) + " | Redis declared down |")
+        p("| | runs | " + " | ".join(c[0] for c in cols) + " | Redis declared down: setup / measured / teardown |")
         p("|---|---|" + "---|" * len(cols) + "---|")
         for label, name in rows:
-            if (scn, label) in runs or _down_events(results_dir, scn, label):
-                down = _down_events(results_dir, scn, label)
-                down = f"{sum(down)} in {sum(1 for d in down if d)} of {len(down)} runs" if down else "—"
+            down = _down_events(results_dir, scn, label)
+            if (scn, label) in runs or down:
+                down = " / ".join(str(d) for d in down) if down else "—"
                 p(f"| {name} | {n_runs(scn, label)} | " + " | ".join(cell(scn, label, c[1]) for c in cols)
                   + f" | {down} |")
         p("")
@@ -156,6 +182,13 @@ def section(runs, cmds, values, fmt, results_dir, command, elapsed):
         if c and a:
             p(f"Clustered / standalone (handshakes/s): **{c / a:.2f}×**")
             p("")
+        cores = os.cpu_count() or 1
+        for label, name in (("clustered", "clustered"), ("standalone", "standalone")):
+            total = med("cluster-connect", label, "cpu_by_process.total_us_per_unit")
+            if total:
+                p(f"- {name}: {fmt(total)} µs of CPU per handshake in all (servers, Redis, load tool): "
+                  f"{cores} cores allow at most {fmt(cores * 1e6 / total)} handshakes/s on this machine.")
+        p("")
 
     rows = []
 

@@ -3,12 +3,14 @@
 //! every thread of the process) when the phase starts and when it ends.
 //!
 //! `--cpu-pid ROLE=PID` (repeatable, e.g. `server=123 --cpu-pid redis=456`)
-//! names the processes; the JSON gets `cpu_by_process` with each role's
-//! total and its microseconds per unit of work (delivered message,
-//! delivery or handshake, whichever the scenario reports).
+//! names the processes; the load tool adds itself as role `load` (on a
+//! small machine its own share bounds what the servers can reach). The
+//! JSON gets `cpu_by_process` with each role's total and its microseconds
+//! per unit of work (delivered message, delivery or handshake, whichever
+//! the scenario reports).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
@@ -55,6 +57,8 @@ fn ticks(pid: u32) -> Result<u64, String> {
 #[derive(Clone)]
 struct Snapshot {
     at: Instant,
+    /// Wall clock, to match the window with other processes' logs.
+    wall: SystemTime,
     ticks: Vec<Result<u64, String>>,
 }
 
@@ -67,7 +71,10 @@ pub(crate) struct CpuMeter {
 }
 
 impl CpuMeter {
-    pub(crate) fn new(pids: Vec<(String, u32)>) -> CpuMeter {
+    pub(crate) fn new(mut pids: Vec<(String, u32)>) -> CpuMeter {
+        if !pids.is_empty() {
+            pids.push(("load".to_owned(), std::process::id()));
+        }
         CpuMeter {
             pids: Arc::new(pids),
             window: Arc::default(),
@@ -77,6 +84,7 @@ impl CpuMeter {
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             at: Instant::now(),
+            wall: SystemTime::now(),
             ticks: self.pids.iter().map(|(_, pid)| ticks(*pid)).collect(),
         }
     }
@@ -124,6 +132,11 @@ impl CpuMeter {
             "window_s".into(),
             json!(b.at.duration_since(a.at).as_secs_f64()),
         );
+        let unix = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        out.insert("window_unix_s".into(), json!([unix(a.wall), unix(b.wall)]));
         out.insert("units".into(), json!(units));
         for (role, us) in &roles {
             let us = us.as_f64().unwrap_or(0.0);
