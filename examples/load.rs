@@ -155,28 +155,7 @@ enum Scenario {
     },
     /// Cross-node sends: pairs a_i on `--url`, b_i on `--peer-url`; a_i
     /// sends `direct` messages to b_i (one-way latency, throughput).
-    Cross {
-        /// The node the receivers connect to.
-        #[arg(long)]
-        peer_url: String,
-        #[arg(long, default_value_t = 100)]
-        pairs: usize,
-        /// Messages per second over all pairs; 0 = as fast as possible
-        /// with `--window` in flight per pair.
-        #[arg(long, default_value_t = 10_000.0)]
-        rate: f64,
-        /// Messages in flight per pair when `--rate 0`.
-        #[arg(long, default_value_t = 16)]
-        window: usize,
-        /// Payload bytes (at least 16: sequence and send time).
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// How long to wait for the last deliveries after sending.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        drain: Duration,
-    },
+    Cross(cross::Cross),
     /// Open N authenticated connections (edk: each joins a room of
     /// `--room-size` and sets an activity), hold them, and report the
     /// server's resident memory per connection.
@@ -835,7 +814,7 @@ fn connection_count(s: &Scenario) -> usize {
         | Scenario::Idle { conns, .. }
         | Scenario::Connect { conns, .. } => *conns,
         Scenario::Fanout { members, .. } => members + 1,
-        Scenario::Cross { pairs, .. } => 2 * pairs,
+        Scenario::Cross(x) => 2 * x.pairs,
     }
 }
 
@@ -930,26 +909,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             )
             .await?,
         ),
-        Scenario::Cross {
-            peer_url,
-            pairs,
-            rate,
-            window,
-            size,
-            duration,
-            drain,
-        } => {
-            let x = cross::Cross {
-                peer_url,
-                pairs,
-                rate,
-                window,
-                size,
-                duration,
-                drain,
-            };
-            ("cross", cross::cross(ctx, x).await?)
-        }
+        Scenario::Cross(x) => ("cross", cross::cross(ctx, x).await?),
         Scenario::Idle {
             conns,
             server_pid,

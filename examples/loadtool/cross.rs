@@ -25,14 +25,28 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::{encode, new_hist, open_all, payload, pct, read_header, Ctx};
 
-/// The scenario's settings (the `cross` subcommand's flags).
+/// The `cross` subcommand's flags.
+#[derive(clap::Args, Debug)]
 pub(crate) struct Cross {
+    /// The node the receivers connect to.
+    #[arg(long)]
     pub peer_url: String,
+    #[arg(long, default_value_t = 100)]
     pub pairs: usize,
+    /// Messages per second over all pairs; 0 = as fast as possible with
+    /// `--window` in flight per pair.
+    #[arg(long, default_value_t = 10_000.0)]
     pub rate: f64,
+    /// Messages in flight per pair when `--rate 0`.
+    #[arg(long, default_value_t = 16)]
     pub window: usize,
+    /// Payload bytes (at least 16: sequence and send time).
+    #[arg(long, default_value_t = 64)]
     pub size: usize,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// How long to wait for the last deliveries after sending.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
 }
 
@@ -182,69 +196,49 @@ pub(crate) async fn cross(ctx: Arc<Ctx>, x: Cross) -> Result<serde_json::Value, 
             }
             let start = tokio::time::Instant::now();
             let end = start + duration;
-            if rate > 0.0 {
-                let iv = Duration::from_secs_f64(pairs as f64 / rate);
-                let mut next = start + iv.mul_f64(i as f64 / pairs as f64);
-                while next < end {
-                    tokio::time::sleep_until(next).await;
-                    let _ = lag.record(next.elapsed().as_micros().max(1) as u64);
-                    if sink
-                        .send(direct(&to, sent + 1, &ctx_a, size))
-                        .await
-                        .is_err()
-                    {
-                        return (
-                            sent,
-                            lag,
-                            sink,
-                            reader,
-                            Some(format!("pair {i}: send failed")),
-                        );
+            // Open loop (rate > 0): the next slot of this pair's schedule.
+            // Closed loop: a free place in the window.
+            let iv = (rate > 0.0).then(|| Duration::from_secs_f64(pairs as f64 / rate));
+            let mut next =
+                start + iv.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / pairs as f64));
+            loop {
+                match iv {
+                    Some(iv) => {
+                        if next >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(next).await;
+                        let _ = lag.record(next.elapsed().as_micros().max(1) as u64);
+                        next += iv;
                     }
-                    sent += 1;
-                    next += iv;
+                    None => {
+                        if tokio::time::Instant::now() >= end {
+                            break;
+                        }
+                        match tokio::time::timeout_at(end, window.acquire()).await {
+                            Ok(Ok(p)) => p.forget(),
+                            _ => break,
+                        }
+                    }
                 }
-            } else {
-                while tokio::time::Instant::now() < end {
-                    match tokio::time::timeout_at(end, window.acquire()).await {
-                        Ok(Ok(p)) => p.forget(),
-                        _ => break,
-                    }
-                    if sink
-                        .send(direct(&to, sent + 1, &ctx_a, size))
-                        .await
-                        .is_err()
-                    {
-                        return (
-                            sent,
-                            lag,
-                            sink,
-                            reader,
-                            Some(format!("pair {i}: send failed")),
-                        );
-                    }
-                    sent += 1;
+                if sink
+                    .send(direct(&to, sent + 1, &ctx_a, size))
+                    .await
+                    .is_err()
+                {
+                    let failure = Some(format!("pair {i}: send failed"));
+                    return (sent, lag, sink, reader, failure);
                 }
+                sent += 1;
             }
             (sent, lag, sink, reader, None)
         }));
     }
 
-    let pb = ctx.progress(x.duration.as_secs().max(1), "sending (s)");
+    let pb = ctx.progress(pairs as u64, "senders done");
     barrier.wait().await;
     let started = Instant::now();
     let first_send = ctx.now_ns();
-    let ticker = {
-        let pb = pb.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(Duration::from_secs(1));
-            t.tick().await;
-            loop {
-                t.tick().await;
-                pb.inc(1);
-            }
-        })
-    };
     ctx.cpu.start();
     let mut sent = 0u64;
     let mut lag = new_hist();
@@ -256,9 +250,9 @@ pub(crate) async fn cross(ctx: Arc<Ctx>, x: Cross) -> Result<serde_json::Value, 
         let _ = lag.add(&h);
         failures.extend(failure);
         held.push((sink, reader));
+        pb.inc(1);
     }
     let send_s = started.elapsed().as_secs_f64();
-    ticker.abort();
     pb.finish_and_clear();
     if let Some(f) = failures.iter().find(|f| f.contains("warm-up")) {
         // The path does not work: there is nothing to measure.
