@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Turns a bench/run results folder into BENCHMARKS.md (stdout).
 
-usage: report.py RESULTS_DIR ELAPSED_SECONDS COMMAND
+usage: report.py RESULTS_DIR ELAPSED_SECONDS COMMAND [PREVIOUS_REPORT]
+
+With PREVIOUS_REPORT, a run of only the cluster scenario prints that report
+with its Scale-out section replaced (bench/scale_out.py).
 """
 import glob
 import json
@@ -10,6 +13,9 @@ import platform
 import statistics
 import subprocess
 import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in bench/
+import scale_out  # noqa: E402 (after the line above)
 
 results_dir, elapsed, command = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
@@ -194,6 +200,14 @@ if rows:
     p("| target | result | measured |")
     p("|---|---|---|")
     out.extend(rows)
+p("")
+scale = scale_out.section(runs, cmds, values, fmt, results_dir, command, elapsed)
+previous = sys.argv[4] if len(sys.argv) > 4 else None
+if scale and not any(k[1] in NAMES for k in runs) and previous and os.path.exists(previous):
+    # Only the cluster scenario ran: keep the rest of the previous report.
+    print(scale_out.splice(open(previous).read(), "\n".join(scale)), end="")
+    sys.exit(0)
+out.extend(scale)
 p("")
 findings = os.path.join(os.path.dirname(os.path.abspath(__file__)), "findings.md")
 if os.path.exists(findings):

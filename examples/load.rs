@@ -9,6 +9,15 @@
 //! cargo run --release --example load -- --url ws://127.0.0.1:8080/ws connect --conns 5000
 //! ```
 //!
+//! Scale-out (several nodes sharing one Redis; see `loadtool/`):
+//!
+//! ```text
+//! load --url ws://127.0.0.1:8081/ws cross --peer-url ws://127.0.0.1:8082/ws --pairs 100 --rate 10000
+//! load --url ws://127.0.0.1:8081/ws fanout --members 3000 --rate 0 \
+//!     --member-urls ws://127.0.0.1:8081/ws,ws://127.0.0.1:8082/ws,ws://127.0.0.1:8083/ws
+//! load --cpu-pid server=PID_A --cpu-pid server=PID_B --cpu-pid redis=PID_R ...
+//! ```
+//!
 //! `--target edk` (default) speaks the edk-ws protocol: `echo` messages, room
 //! join and publish, activities. `--target raw` is for the benchmark peers
 //! (examples/bare_server.rs, bench/node/server.js): the same bytes, but no
@@ -48,6 +57,13 @@ use tokio_tungstenite::WebSocketStream;
 
 type Ws = WebSocketStream<TcpStream>;
 
+#[path = "loadtool/cpu.rs"]
+mod cpu;
+#[path = "loadtool/cross.rs"]
+mod cross;
+#[path = "loadtool/spread.rs"]
+mod spread;
+
 /// Usable ephemeral ports per source address (32768–60999).
 const PORTS_PER_SOURCE: usize = 28_000;
 
@@ -84,6 +100,11 @@ struct Cli {
     /// No progress bars.
     #[arg(long, global = true)]
     quiet: bool,
+    /// ROLE=PID of a process whose CPU time over the measured phase is
+    /// reported per unit of work (`cpu_by_process`); repeatable, roles
+    /// are summed (e.g. `--cpu-pid server=1 --cpu-pid server=2 --cpu-pid redis=3`).
+    #[arg(long = "cpu-pid", global = true, value_parser = cpu::parse_cpu_pid)]
+    cpu_pid: Vec<(String, u32)>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -126,7 +147,15 @@ enum Scenario {
         /// How long to wait for the last deliveries after publishing.
         #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
         drain: Duration,
+        /// Members connect round-robin to these URLs (comma-separated; the
+        /// nodes of a cluster) instead of `--url`; the publisher stays on
+        /// `--url`.
+        #[arg(long, value_delimiter = ',')]
+        member_urls: Vec<String>,
     },
+    /// Cross-node sends: pairs a_i on `--url`, b_i on `--peer-url`; a_i
+    /// sends `direct` messages to b_i (one-way latency, throughput).
+    Cross(cross::Cross),
     /// Open N authenticated connections (edk: each joins a room of
     /// `--room-size` and sets an activity), hold them, and report the
     /// server's resident memory per connection.
@@ -157,6 +186,7 @@ enum Scenario {
     },
 }
 
+#[derive(Clone)]
 struct Ctx {
     server: SocketAddr,
     url: String,
@@ -166,6 +196,8 @@ struct Ctx {
     quiet: bool,
     jwt: JwtAuthenticator,
     t0: Instant,
+    /// CPU time of other processes over the measured phase (`--cpu-pid`).
+    cpu: cpu::CpuMeter,
 }
 
 impl Ctx {
@@ -436,10 +468,15 @@ async fn fanout(
     messages: usize,
     size: usize,
     drain: Duration,
+    member_urls: &[String],
 ) -> Result<serde_json::Value, String> {
     let mut reqs = ctx.requests("fan", members + 1)?;
     let pub_req = reqs.pop().ok_or("no publisher request")?;
-    let mut socks = open_all(&ctx, reqs, "members").await?;
+    let mut socks = if member_urls.is_empty() {
+        open_all(&ctx, reqs, "members").await?
+    } else {
+        spread::open_spread(&ctx, member_urls, "fan", members, "members").await?
+    };
     let mut publisher = open(&ctx, pub_req, members).await?;
     if ctx.target == Target::Edk {
         let pb = ctx.progress(members as u64 + 1, "joining");
@@ -538,6 +575,7 @@ async fn fanout(
         }
     }
     let pb = ctx.progress(messages as u64, "publishing");
+    ctx.cpu.start();
     let first_send = ctx.now_ns();
     let interval = if rate > 0.0 {
         Some(Duration::from_secs_f64(1.0 / rate))
@@ -575,6 +613,7 @@ async fn fanout(
         pb.set_position(delivered.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    ctx.cpu.stop();
     pb.finish_and_clear();
     let mut hist = new_hist();
     let mut total = 0u64;
@@ -718,6 +757,7 @@ async fn connect(
 ) -> Result<serde_json::Value, String> {
     let reqs = ctx.requests("conn", conns)?;
     let pb = ctx.progress(conns as u64, "handshakes");
+    ctx.cpu.start();
     let start = Instant::now();
     let results: Vec<Result<Ws, String>> = stream::iter(reqs.into_iter().enumerate())
         .map(|(i, req)| {
@@ -735,6 +775,7 @@ async fn connect(
         .collect()
         .await;
     let elapsed = start.elapsed().as_secs_f64();
+    ctx.cpu.stop();
     pb.finish_and_clear();
     let mut ok = Vec::new();
     let mut failures = 0u64;
@@ -773,6 +814,7 @@ fn connection_count(s: &Scenario) -> usize {
         | Scenario::Idle { conns, .. }
         | Scenario::Connect { conns, .. } => *conns,
         Scenario::Fanout { members, .. } => members + 1,
+        Scenario::Cross(x) => 2 * x.pairs,
     }
 }
 
@@ -837,8 +879,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         quiet: cli.quiet,
         jwt: JwtAuthenticator::new(cli.secret.as_bytes()),
         t0: Instant::now(),
+        cpu: cpu::CpuMeter::new(cli.cpu_pid),
     });
-    let (name, result) = match cli.scenario {
+    let meter = ctx.cpu.clone();
+    let (name, mut result) = match cli.scenario {
         Scenario::Echo {
             conns,
             size,
@@ -851,10 +895,21 @@ async fn run(cli: Cli) -> Result<(), String> {
             messages,
             size,
             drain,
+            member_urls,
         } => (
             "fanout",
-            fanout(ctx, members, rate, messages, size.max(16), drain).await?,
+            fanout(
+                ctx,
+                members,
+                rate,
+                messages,
+                size.max(16),
+                drain,
+                &member_urls,
+            )
+            .await?,
         ),
+        Scenario::Cross(x) => ("cross", cross::cross(ctx, x).await?),
         Scenario::Idle {
             conns,
             server_pid,
@@ -869,6 +924,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             ("connect", connect(ctx, conns, concurrency).await?)
         }
     };
+    if let Some(cpu) = meter.report(cpu::units(&result)) {
+        result["cpu_by_process"] = cpu;
+    }
     let out = json!({
         "scenario": name,
         "target": format!("{:?}", cli.target).to_lowercase(),
