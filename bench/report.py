@@ -119,7 +119,7 @@ p(f"Produced by `{command}` (the whole run took {elapsed} s). Each scenario ran 
   f"{reps} time(s) per server, alternating servers, each run against a freshly "
   "started server process; the load tool (`examples/load.rs`) ran on the same "
   "machine over loopback. Cells are **median (min–max)**; \"Ratio vs\" lines are ratios "
-  "of medians; the *÷ bare* rows and the targets use the **median over repetitions of the "
+  "of medians; the *÷ bare* rows and the issue-13 targets use the **median over repetitions of the "
   "per-repetition ratio** (min–max), each repetition having run both servers back to back. "
   "*Server CPU* is the server process's utime + stime (`/proc/PID/stat`, all threads, "
   "10 ms ticks) over the measured phase, read by the load tool when the phase starts and "
