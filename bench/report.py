@@ -32,6 +32,8 @@ for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
     # Server CPU per unit of work (older load tools: only in cpu_by_process).
     if "cpu_us_per_msg" not in r and isinstance(r.get("cpu_by_process"), dict):
         r["cpu_us_per_msg"] = r["cpu_by_process"].get("server_us_per_unit")
+    if isinstance(r.get("cpu_by_process"), dict) and isinstance(r["cpu_by_process"].get("server_us"), (int, float)):
+        r["cpu_ticks"] = r["cpu_by_process"]["server_us"] / 1e4  # 10 ms ticks
     if isinstance(r.get("msgs_per_s"), (int, float)) and isinstance(r.get("size"), (int, float)):
         r["mib_per_s"] = r["msgs_per_s"] * r["size"] / (1 << 20)
     runs.setdefault(key, []).append(r)
@@ -68,11 +70,25 @@ def fmt(x, unit=""):
     return s + unit
 
 
+# Server CPU comes in 10 ms ticks: under 100 of them in a run, one tick is
+# over 1 % of the figure (marked †).
+MIN_TICKS = 100
+
+
+def coarse(scn, *tgts):
+    return any(t < MIN_TICKS for tg in tgts for t in values(scn, tg, "cpu_ticks"))
+
+
 def cell(scn, tgt, metric, unit=""):
     v = values(scn, tgt, metric)
     if not v:
         return "—"
-    return f"{fmt(statistics.median(v), unit)} ({fmt(min(v))}–{fmt(max(v))})"
+    mark = " †" if metric == "cpu_us_per_msg" and coarse(scn, tgt) else ""
+    return f"{fmt(statistics.median(v), unit)} ({fmt(min(v))}–{fmt(max(v))}){mark}"
+
+
+COARSE_NOTE = (f"† The server used under {MIN_TICKS} CPU ticks (1 s) in a run of this scenario: "
+               "one 10 ms tick is over 1 % of the figure; more messages would make it finer.")
 
 
 def ratio(a, b, invert=False):
@@ -195,6 +211,9 @@ for scn, title, cols, key, lower_better in sections:
             if t in TARGETS and by_rep.get((scn, t)) and by_rep.get((scn, "bare")):
                 p(f"| *{NAMES[t]} ÷ bare* | " + " | ".join(
                     "" if c[1] in NO_RATIO else paired_cell(scn, t, "bare", c[1]) for c in cols) + " |")
+    if any(c[1] == "cpu_us_per_msg" for c in cols) and coarse(scn, *TARGETS):
+        p("")
+        p(COARSE_NOTE)
     if scn == "idle":
         p("")
         p("No server-CPU column: this scenario measures memory; its CPU goes to setting "
@@ -256,8 +275,9 @@ def vs(scn, metric, limit, name, unit, ref="bare", tgt="edk"):
         return
     m = statistics.median(v)
     spread = f", per repetition {min(v):.2f}–{max(v):.2f}" if len(v) > 1 else ""
+    mark = " †" if metric == "cpu_us_per_msg" and coarse(scn, tgt, ref) else ""
     target(name, m <= limit, f"{m:.2f}×{spread} ({NAMES[tgt]} {fmt(med(scn, tgt, metric))}{unit}, "
-           f"{NAMES[ref]} {fmt(med(scn, ref, metric))}{unit}; {len(v)} repetition(s))")
+           f"{NAMES[ref]} {fmt(med(scn, ref, metric))}{unit}; {len(v)} repetition(s)){mark}")
 
 
 vs("echo", "rtt_ms.p99", 1.1, "echo RTT p99 ≤ 1.1× bare (issue 13)", " ms")
@@ -299,7 +319,8 @@ for scn, unit, lat, what in CPU_P99:
         continue
     cells = [scn, unit]
     for metric in ("cpu_us_per_msg", lat):
-        cells += [fmt(med(scn, "edk", metric)), fmt(med(scn, "bare", metric)), paired_cell(scn, "edk", "bare", metric)]
+        mark = " †" if metric == "cpu_us_per_msg" and coarse(scn, "edk", "bare") else ""
+        cells += [fmt(med(scn, "edk", metric)), fmt(med(scn, "bare", metric)), paired_cell(scn, "edk", "bare", metric) + mark]
     cells.append(what)
     cp_rows.append("| " + " | ".join(cells) + " |")
 if cp_rows:
@@ -309,6 +330,9 @@ if cp_rows:
     p("| scenario | unit | edk-ws CPU µs | bare CPU µs | CPU ÷ bare | edk-ws p99 ms | bare p99 ms | p99 ÷ bare | p99 of |")
     p("|---|---|---|---|---|---|---|---|---|")
     out.extend(cp_rows)
+    p("")
+if any("†" in r for r in rows + cp_rows):
+    p(COARSE_NOTE)
     p("")
 scale = scale_out.section(runs, cmds, values, fmt, results_dir, command, elapsed)
 previous = sys.argv[4] if len(sys.argv) > 4 else None
