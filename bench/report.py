@@ -20,14 +20,24 @@ import scale_out  # noqa: E402 (after the line above)
 results_dir, elapsed, command = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
 runs = {}  # (scenario, target) -> [result dicts]
+by_rep = {}  # (scenario, target) -> {rep: result dict}, to pair targets per repetition
 cmds = {}
 for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
     with open(path) as f:
         d = json.load(f)
     # Files are SCENARIO-TARGET-REP.json; scenario and target may contain '-'.
-    stem = os.path.basename(path)[:-5].rsplit("-", 1)[0]
+    stem, rep = os.path.basename(path)[:-5].rsplit("-", 1)
     key = (stem[: -len(d["label"]) - 1] if stem.endswith("-" + d["label"]) else stem, d["label"])
-    runs.setdefault(key, []).append(d["result"])
+    r = d["result"]
+    # Server CPU per unit of work (older load tools: only in cpu_by_process).
+    if "cpu_us_per_msg" not in r and isinstance(r.get("cpu_by_process"), dict):
+        r["cpu_us_per_msg"] = r["cpu_by_process"].get("server_us_per_unit")
+    if isinstance(r.get("cpu_by_process"), dict) and isinstance(r["cpu_by_process"].get("server_us"), (int, float)):
+        r["cpu_ticks"] = r["cpu_by_process"]["server_us"] / 1e4  # 10 ms ticks
+    if isinstance(r.get("msgs_per_s"), (int, float)) and isinstance(r.get("size"), (int, float)):
+        r["mib_per_s"] = r["msgs_per_s"] * r["size"] / (1 << 20)
+    runs.setdefault(key, []).append(r)
+    by_rep.setdefault(key, {})[rep] = r
     cmd_path = path[:-5] + ".cmd"
     if os.path.exists(cmd_path) and key not in cmds:
         cmds[key] = open(cmd_path).read().strip()
@@ -60,17 +70,50 @@ def fmt(x, unit=""):
     return s + unit
 
 
+# Server CPU comes in 10 ms ticks: under 100 of them in a run, one tick is
+# over 1 % of the figure (marked †).
+MIN_TICKS = 100
+
+
+def coarse(scn, *tgts):
+    return any(t < MIN_TICKS for tg in tgts for t in values(scn, tg, "cpu_ticks"))
+
+
 def cell(scn, tgt, metric, unit=""):
     v = values(scn, tgt, metric)
     if not v:
         return "—"
-    return f"{fmt(statistics.median(v), unit)} ({fmt(min(v))}–{fmt(max(v))})"
+    mark = " †" if metric == "cpu_us_per_msg" and coarse(scn, tgt) else ""
+    return f"{fmt(statistics.median(v), unit)} ({fmt(min(v))}–{fmt(max(v))}){mark}"
+
+
+COARSE_NOTE = (f"† The server used under {MIN_TICKS} CPU ticks (1 s) in a run of this scenario: "
+               "one 10 ms tick is over 1 % of the figure; more messages would make it finer.")
 
 
 def ratio(a, b, invert=False):
     if a is None or b is None or a == 0 or b == 0:
         return None
     return b / a if invert else a / b
+
+
+def paired(scn, tgt, ref, metric):
+    """tgt/ref of `metric` in each repetition that ran both (they ran back to back)."""
+    a, b = by_rep.get((scn, tgt), {}), by_rep.get((scn, ref), {})
+    out = []
+    for rep in sorted(set(a) & set(b)):
+        x, y = get(a[rep], metric), get(b[rep], metric)
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)) and y:
+            out.append(x / y)
+    return out
+
+
+def paired_cell(scn, tgt, ref, metric):
+    v = paired(scn, tgt, ref, metric)
+    if not v:
+        return "—"
+    m = statistics.median(v)
+    return f"{m:.2f}×" + (f" ({min(v):.2f}–{max(v):.2f})" if len(v) > 1 else "")
 
 
 def sh(cmd):
@@ -91,8 +134,13 @@ p("")
 p(f"Produced by `{command}` (the whole run took {elapsed} s). Each scenario ran "
   f"{reps} time(s) per server, alternating servers, each run against a freshly "
   "started server process; the load tool (`examples/load.rs`) ran on the same "
-  "machine over loopback. Cells are **median (min–max)**; ratios are of medians "
-  "from this same run. These 2-core machines are noisy: read ratios, not absolutes.")
+  "machine over loopback. Cells are **median (min–max)**; \"Ratio vs\" lines are ratios "
+  "of medians; the *÷ bare* rows and the issue-13 targets use the **median over repetitions of the "
+  "per-repetition ratio** (min–max), each repetition having run both servers back to back. "
+  "*Server CPU* is the server process's utime + stime (`/proc/PID/stat`, all threads, "
+  "10 ms ticks) over the measured phase, read by the load tool when the phase starts and "
+  "ends, divided by the echoes, deliveries or handshakes of that phase. "
+  "These 2-core machines are noisy: read ratios, not absolutes.")
 p("")
 p("## Machine")
 p("")
@@ -120,21 +168,31 @@ p("")
 
 sections = [
     ("echo", "Echo (closed loop, one message in flight per connection)",
-     [("msgs/s", "msgs_per_s", ""), ("RTT p50 ms", "rtt_ms.p50", ""), ("RTT p99 ms", "rtt_ms.p99", ""), ("RTT p99.9 ms", "rtt_ms.p999", "")],
+     [("msgs/s", "msgs_per_s", ""), ("RTT p50 ms", "rtt_ms.p50", ""), ("RTT p99 ms", "rtt_ms.p99", ""), ("RTT p99.9 ms", "rtt_ms.p999", ""),
+      ("server CPU µs/echo", "cpu_us_per_msg", "")],
      "msgs_per_s", False),
+    ("echo-1mib", "Large-message echo (closed loop, messages just under 1 MiB; edk-ws with its inbound byte budget lifted)",
+     [("MiB/s", "mib_per_s", ""), ("msgs/s", "msgs_per_s", ""), ("RTT p50 ms", "rtt_ms.p50", ""), ("RTT p99 ms", "rtt_ms.p99", ""),
+      ("server CPU µs/echo", "cpu_us_per_msg", "")],
+     "mib_per_s", False),
     ("fanout", "Fanout throughput (one room, publisher as fast as possible)",
-     [("deliveries/s", "deliveries_per_s", ""), ("p50 ms", "latency_ms.p50", ""), ("p99 ms", "latency_ms.p99", ""), ("missing", "missing", "")],
+     [("deliveries/s", "deliveries_per_s", ""), ("p50 ms", "latency_ms.p50", ""), ("p99 ms", "latency_ms.p99", ""), ("missing", "missing", ""),
+      ("server CPU µs/delivery", "cpu_us_per_msg", "")],
      "deliveries_per_s", False),
     ("fanout-rate", "Fanout latency (one room, fixed publish rate)",
-     [("p50 ms", "latency_ms.p50", ""), ("p99 ms", "latency_ms.p99", ""), ("max ms", "latency_ms.max", ""), ("missing", "missing", "")],
+     [("p50 ms", "latency_ms.p50", ""), ("p99 ms", "latency_ms.p99", ""), ("max ms", "latency_ms.max", ""), ("missing", "missing", ""),
+      ("server CPU µs/delivery", "cpu_us_per_msg", "")],
      "latency_ms.p99", True),
     ("idle", "Idle memory (server RSS growth per connection; edk-ws connections joined a room of 50 and set an activity)",
      [("bytes/conn", "bytes_per_conn", ""), ("RSS before KiB", "rss_before_kib", ""), ("RSS after KiB", "rss_after_kib", ""), ("settled", "settled", "")],
      "bytes_per_conn", True),
     ("connect", "Handshakes (edk-ws verifies an HS256 JWT on each; peers do no auth)",
-     [("handshakes/s", "handshakes_per_s", ""), ("failures", "failures", "")],
+     [("handshakes/s", "handshakes_per_s", ""), ("handshake p50 ms", "handshake_ms.p50", ""), ("handshake p99 ms", "handshake_ms.p99", ""),
+      ("failures", "failures", ""), ("server CPU µs/handshake", "cpu_us_per_msg", "")],
      "handshakes_per_s", False),
 ]
+# Not ratios: counts and flags.
+NO_RATIO = {"missing", "failures", "settled", "rss_before_kib", "rss_after_kib"}
 
 for scn, title, cols, key, lower_better in sections:
     if not any(k[0] == scn for k in runs):
@@ -148,11 +206,23 @@ for scn, title, cols, key, lower_better in sections:
     p("|---|" + "---|" * len(cols))
     for t in TARGETS:
         p(f"| {NAMES[t]} | " + " | ".join(cell(scn, t, c[1], c[2]) for c in cols) + " |")
+    if "bare" in TARGETS:
+        for t in ("edk", "edk-old"):
+            if t in TARGETS and by_rep.get((scn, t)) and by_rep.get((scn, "bare")):
+                p(f"| *{NAMES[t]} ÷ bare* | " + " | ".join(
+                    "" if c[1] in NO_RATIO else paired_cell(scn, t, "bare", c[1]) for c in cols) + " |")
+    if any(c[1] == "cpu_us_per_msg" for c in cols) and coarse(scn, *TARGETS):
+        p("")
+        p(COARSE_NOTE)
+    if scn == "idle":
+        p("")
+        p("No server-CPU column: this scenario measures memory; its CPU goes to setting "
+          "connections up (handshake, join, activity), which `connect` measures per handshake.")
     ours = med(scn, "edk", key)
     if "edk-old" in TARGETS:
         for _, metric, _ in cols:
             new_v, old_v = values(scn, "edk", metric), values(scn, "edk-old", metric)
-            if not new_v or not old_v or metric in ("missing", "failures", "settled"):
+            if not new_v or not old_v or metric in NO_RATIO:
                 continue
             nm, om = statistics.median(new_v), statistics.median(old_v)
             spread = max(max(old_v) - min(old_v), max(new_v) - min(new_v))
@@ -196,11 +266,74 @@ if lp is not None:
 c = med("connect", "edk", "handshakes_per_s")
 if c is not None:
     target("connect ≥ 5,000 handshakes/s with JWT", c >= 5000, f"{fmt(c)}/s")
+
+
+# Issue 13 (connection I/O): ratios to bare are medians of per-repetition ratios.
+def vs(scn, metric, limit, name, unit, ref="bare", tgt="edk"):
+    v = paired(scn, tgt, ref, metric)
+    if not v:
+        return
+    m = statistics.median(v)
+    spread = f", per repetition {min(v):.2f}–{max(v):.2f}" if len(v) > 1 else ""
+    mark = " †" if metric == "cpu_us_per_msg" and coarse(scn, tgt, ref) else ""
+    target(name, m <= limit, f"{m:.2f}×{spread} ({NAMES[tgt]} {fmt(med(scn, tgt, metric))}{unit}, "
+           f"{NAMES[ref]} {fmt(med(scn, ref, metric))}{unit}; {len(v)} repetition(s)){mark}")
+
+
+vs("echo", "rtt_ms.p99", 1.1, "echo RTT p99 ≤ 1.1× bare (issue 13)", " ms")
+vs("echo", "rtt_ms.p50", 1.0, "echo RTT p50 ≤ bare (issue 13)", " ms")
+vs("echo", "cpu_us_per_msg", 1.05, "server CPU per echo ≤ 1.05× bare (issue 13)", " µs")
+vs("fanout", "cpu_us_per_msg", 1.05, "server CPU per fan-out delivery ≤ 1.05× bare (issue 13)", " µs")
+if b is not None:
+    n = runs[("idle", "edk")][0].get("conns")
+    note = "" if n == 15000 else f"; the target is at 15,000 connections, this run had {n:,}"
+    target("idle ≤ 4,096 bytes per connection, room + activity (issue 13)", b <= 4096,
+           f"{fmt(b)} bytes at {n:,} connections{note}")
+if any(k[0] == "echo-1mib" for k in runs):
+    v = paired("echo-1mib", "edk", "edk-old", "mib_per_s")
+    if v:
+        m = statistics.median(v)
+        spread = f", per repetition {min(v):.2f}–{max(v):.2f}" if len(v) > 1 else ""
+        target("1 MiB echo throughput ≥ 0.9× baseline (edk-old) (issue 13)", m >= 0.9,
+               f"{m:.2f}×{spread} (new {fmt(med('echo-1mib', 'edk', 'mib_per_s'))} MiB/s, "
+               f"old {fmt(med('echo-1mib', 'edk-old', 'mib_per_s'))} MiB/s)")
+    else:
+        bare_r = paired("echo-1mib", "edk", "bare", "mib_per_s")
+        info = f"; edk-ws/bare {statistics.median(bare_r):.2f}×" if bare_r else ""
+        rows.append(f"| 1 MiB echo throughput ≥ 0.9× baseline (edk-old) (issue 13) | n/a | no baseline run "
+                    f"(`--targets \"edk edk-old bare\" --edk-old-bin ...`); edk-ws "
+                    f"{fmt(med('echo-1mib', 'edk', 'mib_per_s'))} MiB/s{info} |")
 if rows:
     p("| target | result | measured |")
     p("|---|---|---|")
     out.extend(rows)
 p("")
+
+# Server CPU per unit of work and p99 latency of every scenario, side by side.
+CPU_P99 = [("echo", "echo", "rtt_ms.p99", "RTT"), ("echo-1mib", "echo", "rtt_ms.p99", "RTT"),
+           ("fanout", "delivery", "latency_ms.p99", "delivery"), ("fanout-rate", "delivery", "latency_ms.p99", "delivery"),
+           ("connect", "handshake", "handshake_ms.p99", "handshake")]
+cp_rows = []
+for scn, unit, lat, what in CPU_P99:
+    if not any(k[0] == scn for k in runs):
+        continue
+    cells = [scn, unit]
+    for metric in ("cpu_us_per_msg", lat):
+        mark = " †" if metric == "cpu_us_per_msg" and coarse(scn, "edk", "bare") else ""
+        cells += [fmt(med(scn, "edk", metric)), fmt(med(scn, "bare", metric)), paired_cell(scn, "edk", "bare", metric) + mark]
+    cells.append(what)
+    cp_rows.append("| " + " | ".join(cells) + " |")
+if cp_rows:
+    p("Server CPU per unit of work and p99 latency, every scenario (medians; ÷ bare: median of per-repetition ratios). "
+      "Idle has no CPU figure (it measures memory).")
+    p("")
+    p("| scenario | unit | edk-ws CPU µs | bare CPU µs | CPU ÷ bare | edk-ws p99 ms | bare p99 ms | p99 ÷ bare | p99 of |")
+    p("|---|---|---|---|---|---|---|---|---|")
+    out.extend(cp_rows)
+    p("")
+if any("†" in r for r in rows + cp_rows):
+    p(COARSE_NOTE)
+    p("")
 scale = scale_out.section(runs, cmds, values, fmt, results_dir, command, elapsed)
 previous = sys.argv[4] if len(sys.argv) > 4 else None
 if scale and not any(k[1] in NAMES for k in runs) and previous and os.path.exists(previous):

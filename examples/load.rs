@@ -103,6 +103,10 @@ struct Cli {
     /// ROLE=PID of a process whose CPU time over the measured phase is
     /// reported per unit of work (`cpu_by_process`); repeatable, roles
     /// are summed (e.g. `--cpu-pid server=1 --cpu-pid server=2 --cpu-pid redis=3`).
+    /// Role `server` also gives `cpu_us_per_msg`: its CPU µs per echo,
+    /// delivery or handshake (echo: from the start barrier until every
+    /// connection has done its last echo, closes excluded; fanout: publish
+    /// and drain; connect: the handshakes; idle: no window, it measures memory).
     #[arg(long = "cpu-pid", global = true, value_parser = cpu::parse_cpu_pid)]
     cpu_pid: Vec<(String, u32)>,
     #[command(subcommand)]
@@ -379,10 +383,14 @@ async fn echo(
     let reqs = ctx.requests("echo", conns)?;
     let socks = open_all(&ctx, reqs, "connecting").await?;
     let barrier = Arc::new(Barrier::new(conns + 1));
+    // Every connection is done echoing (closes excluded from the measured
+    // phase: the CPU window ends here).
+    let done = Arc::new(Barrier::new(conns + 1));
     let mut tasks = Vec::with_capacity(conns);
     for mut ws in socks {
         let ctx = ctx.clone();
         let barrier = barrier.clone();
+        let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = new_hist();
             let mut count = 0u64;
@@ -420,12 +428,14 @@ async fn echo(
                 let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
                 count += 1;
             }
+            done.wait().await;
             let _ = ws.close(None).await;
             (count, errors, hist)
         }));
     }
     let pb = ctx.progress(duration.as_secs().max(1), "echo (s)");
     barrier.wait().await;
+    ctx.cpu.start();
     let start = Instant::now();
     let ticker = {
         let pb = pb.clone();
@@ -438,6 +448,9 @@ async fn echo(
             }
         })
     };
+    done.wait().await;
+    let elapsed = start.elapsed().as_secs_f64();
+    ctx.cpu.stop();
     let mut hist = new_hist();
     let (mut total, mut errors) = (0u64, 0u64);
     for t in tasks {
@@ -446,7 +459,6 @@ async fn echo(
         errors += e;
         let _ = hist.add(&h);
     }
-    let elapsed = start.elapsed().as_secs_f64();
     ticker.abort();
     pb.finish_and_clear();
     Ok(json!({
@@ -759,16 +771,18 @@ async fn connect(
     let pb = ctx.progress(conns as u64, "handshakes");
     ctx.cpu.start();
     let start = Instant::now();
-    let results: Vec<Result<Ws, String>> = stream::iter(reqs.into_iter().enumerate())
+    let results: Vec<(Result<Ws, String>, Duration)> = stream::iter(reqs.into_iter().enumerate())
         .map(|(i, req)| {
             let ctx = ctx.clone();
             let pb = pb.clone();
             async move {
+                let began = Instant::now();
                 let r = tokio::time::timeout(Duration::from_secs(30), open(&ctx, req, i))
                     .await
                     .unwrap_or_else(|_| Err("handshake timed out".into()));
+                let took = began.elapsed();
                 pb.inc(1);
-                r
+                (r, took)
             }
         })
         .buffer_unordered(concurrency.max(1))
@@ -780,9 +794,14 @@ async fn connect(
     let mut ok = Vec::new();
     let mut failures = 0u64;
     let mut first_error = None;
-    for r in results {
+    // Latency of each successful handshake (TCP connect to upgrade answer).
+    let mut hist = new_hist();
+    for (r, took) in results {
         match r {
-            Ok(ws) => ok.push(ws),
+            Ok(ws) => {
+                let _ = hist.record(took.as_micros().max(1) as u64);
+                ok.push(ws);
+            }
             Err(e) => {
                 failures += 1;
                 first_error.get_or_insert(e);
@@ -797,6 +816,7 @@ async fn connect(
         "conns": conns, "concurrency": concurrency, "opened": opened, "failures": failures,
         "first_error": first_error, "duration_s": elapsed,
         "handshakes_per_s": opened as f64 / elapsed,
+        "handshake_ms": {"p50": pct(&hist, 0.5), "p99": pct(&hist, 0.99), "max": hist.max() as f64 / 1000.0},
     }))
 }
 
@@ -925,6 +945,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
     };
     if let Some(cpu) = meter.report(cpu::units(&result)) {
+        // The figure bench/run reports: server CPU per unit of work.
+        if let Some(per) = cpu.get("server_us_per_unit").filter(|v| !v.is_null()) {
+            result["cpu_us_per_msg"] = per.clone();
+        }
         result["cpu_by_process"] = cpu;
     }
     let out = json!({
