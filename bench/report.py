@@ -32,8 +32,10 @@ for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
     # Server CPU per unit of work (older load tools: only in cpu_by_process).
     if "cpu_us_per_msg" not in r and isinstance(r.get("cpu_by_process"), dict):
         r["cpu_us_per_msg"] = r["cpu_by_process"].get("server_us_per_unit")
-    if isinstance(r.get("cpu_by_process"), dict) and isinstance(r["cpu_by_process"].get("server_us"), (int, float)):
-        r["cpu_ticks"] = r["cpu_by_process"]["server_us"] / 1e4  # 10 ms ticks
+    cpu = r.get("cpu_by_process")
+    # Only a figure read in 10 ms ticks can be coarse (schedstat is in ns).
+    if isinstance(cpu, dict) and cpu.get("source") != "schedstat" and isinstance(cpu.get("server_us"), (int, float)):
+        r["cpu_ticks"] = cpu["server_us"] / 1e4  # 10 ms ticks
     if isinstance(r.get("msgs_per_s"), (int, float)) and isinstance(r.get("size"), (int, float)):
         r["mib_per_s"] = r["msgs_per_s"] * r["size"] / (1 << 20)
     runs.setdefault(key, []).append(r)
@@ -70,8 +72,9 @@ def fmt(x, unit=""):
     return s + unit
 
 
-# Server CPU comes in 10 ms ticks: under 100 of them in a run, one tick is
-# over 1 % of the figure (marked †).
+# Server CPU comes from per-thread schedstat (ns) where the kernel has it;
+# else in 10 ms ticks: under 100 of them in a run, one tick is over 1 % of
+# the figure (marked †).
 MIN_TICKS = 100
 
 
@@ -137,8 +140,9 @@ p(f"Produced by `{command}` (the whole run took {elapsed} s). Each scenario ran 
   "machine over loopback. Cells are **median (min–max)**; \"Ratio vs\" lines are ratios "
   "of medians; the *÷ bare* rows and the issue-13 targets use the **median over repetitions of the "
   "per-repetition ratio** (min–max), each repetition having run both servers back to back. "
-  "*Server CPU* is the server process's utime + stime (`/proc/PID/stat`, all threads, "
-  "10 ms ticks) over the measured phase, read by the load tool when the phase starts and "
+  "*Server CPU* is the server process's time on a CPU (the sum over its threads of "
+  "`/proc/PID/task/TID/schedstat`, in ns; where the kernel lacks it, utime + stime in 10 ms "
+  "ticks) over the measured phase, read by the load tool when the phase starts and "
   "ends, divided by the echoes, deliveries or handshakes of that phase. "
   "These 2-core machines are noisy: read ratios, not absolutes.")
 p("")

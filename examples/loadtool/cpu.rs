@@ -1,6 +1,10 @@
 //! CPU time of other processes (the servers under test, Redis) over a
-//! scenario's measured phase, read from `/proc/PID/stat` (utime + stime,
-//! every thread of the process) when the phase starts and when it ends.
+//! scenario's measured phase, read when the phase starts and when it ends:
+//! the sum over the process's threads of `/proc/PID/task/TID/schedstat`
+//! (time on a CPU, in nanoseconds), or, where the kernel has no schedstat,
+//! `/proc/PID/stat` (utime + stime, in 10 ms ticks: too coarse for short
+//! runs). A thread that exits within the window takes its time with it in
+//! the first source; the servers measured here keep their threads.
 //!
 //! `--cpu-pid ROLE=PID` (repeatable, e.g. `server=123 --cpu-pid redis=456`)
 //! names the processes; the load tool adds itself as role `load` (on a
@@ -33,6 +37,33 @@ pub(crate) fn parse_cpu_pid(s: &str) -> Result<(String, u32), String> {
     Ok((role.to_owned(), pid))
 }
 
+/// CPU time of `pid` in nanoseconds: per-thread schedstat when the kernel
+/// has it, else utime + stime (ticks).
+fn cpu_ns(pid: u32) -> Result<u64, String> {
+    schedstat_ns(pid).or_else(|_| ticks(pid).map(|t| t * (1_000_000_000 / TICKS_PER_S as u64)))
+}
+
+/// Sum of the first field of `/proc/PID/task/*/schedstat` (ns on a CPU).
+fn schedstat_ns(pid: u32) -> Result<u64, String> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+    let mut total = 0u64;
+    for task in dir.flatten() {
+        // A thread may end between the listing and the read: skip it.
+        let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += s
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("/proc/{pid}/task: unreadable schedstat"))?;
+    }
+    if total == 0 {
+        return Err("schedstat reads 0".into());
+    }
+    Ok(total)
+}
+
 /// utime + stime of `pid`, in ticks.
 fn ticks(pid: u32) -> Result<u64, String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -53,13 +84,13 @@ fn ticks(pid: u32) -> Result<u64, String> {
     Ok(field(11)? + field(12)?)
 }
 
-/// Ticks of every named process at one instant.
+/// CPU nanoseconds of every named process at one instant.
 #[derive(Clone)]
 struct Snapshot {
     at: Instant,
     /// Wall clock, to match the window with other processes' logs.
     wall: SystemTime,
-    ticks: Vec<Result<u64, String>>,
+    ns: Vec<Result<u64, String>>,
 }
 
 /// The processes to watch and the measured window (shared by the
@@ -85,7 +116,7 @@ impl CpuMeter {
         Snapshot {
             at: Instant::now(),
             wall: SystemTime::now(),
-            ticks: self.pids.iter().map(|(_, pid)| ticks(*pid)).collect(),
+            ns: self.pids.iter().map(|(_, pid)| cpu_ns(*pid)).collect(),
         }
     }
 
@@ -115,8 +146,8 @@ impl CpuMeter {
         let mut errors = Vec::new();
         let mut total = 0.0;
         for (i, (role, pid)) in self.pids.iter().enumerate() {
-            let us = match (&a.ticks[i], &b.ticks[i]) {
-                (Ok(x), Ok(y)) => y.saturating_sub(*x) as f64 / TICKS_PER_S * 1e6,
+            let us = match (&a.ns[i], &b.ns[i]) {
+                (Ok(x), Ok(y)) => y.saturating_sub(*x) as f64 / 1e3,
                 (Err(e), _) | (_, Err(e)) => {
                     errors.push(e.clone());
                     continue;
@@ -138,6 +169,15 @@ impl CpuMeter {
         };
         out.insert("window_unix_s".into(), json!([unix(a.wall), unix(b.wall)]));
         out.insert("units".into(), json!(units));
+        // Which clock: per-thread schedstat (ns) or, without it, 10 ms ticks.
+        let precise = self
+            .pids
+            .first()
+            .is_some_and(|(_, pid)| schedstat_ns(*pid).is_ok());
+        out.insert(
+            "source".into(),
+            json!(if precise { "schedstat" } else { "stat_ticks" }),
+        );
         for (role, us) in &roles {
             let us = us.as_f64().unwrap_or(0.0);
             out.insert(format!("{role}_us"), json!(us));
