@@ -52,6 +52,10 @@ struct State {
     close: Option<CloseRequest>,
     /// The peer is gone or closed: nothing more may be queued.
     ended: bool,
+    /// The payload of the pong owed to the client's latest ping.
+    pong: Option<Bytes>,
+    /// The client closed: the payload of the close frame to answer with.
+    close_reply: Option<Bytes>,
 }
 
 /// What the writer takes in one go.
@@ -59,6 +63,11 @@ pub(crate) struct Batch {
     pub msgs: VecDeque<Bytes>,
     pub close: Option<CloseRequest>,
     pub ended: bool,
+    /// A pong to send first (the answer to the client's latest ping).
+    pub pong: Option<Bytes>,
+    /// The answer to the client's close frame, sent last unless `close`
+    /// (the server's own close) goes instead.
+    pub close_reply: Option<Bytes>,
 }
 
 /// The slow-consumer close: what is queued is dropped.
@@ -142,6 +151,24 @@ impl SendQueue {
         self.writer_wake.notify_one();
     }
 
+    /// The client pinged: the writer answers with a pong carrying
+    /// `payload` (only the latest ping is answered, RFC 6455 §5.5.3).
+    pub fn pong(&self, payload: Bytes) {
+        self.state.lock().pong = Some(payload);
+        self.writer_wake.notify_one();
+    }
+
+    /// The client sent a close frame: refuse further messages; the writer
+    /// sends what it took, then the close frame with `reply` as payload
+    /// (unless the server's own close frame goes first).
+    pub fn client_closed(&self, reply: Bytes) {
+        let mut s = self.state.lock();
+        s.ended = true;
+        s.close_reply = Some(reply);
+        drop(s);
+        self.writer_wake.notify_one();
+    }
+
     /// Takes everything queued (an empty queue keeps no allocation); it
     /// counts as in flight until [`sent`](SendQueue::sent).
     pub fn take(&self) -> Batch {
@@ -152,6 +179,8 @@ impl SendQueue {
             msgs: std::mem::take(&mut s.msgs),
             close: s.close.clone(),
             ended: s.ended,
+            pong: s.pong.take(),
+            close_reply: s.close_reply.take(),
         }
     }
 

@@ -7,5 +7,6 @@
 mod listener;
 pub(crate) mod outbuf;
 pub(crate) mod transport;
+pub(crate) mod ws_read;
 
 pub use listener::bind;
