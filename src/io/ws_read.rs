@@ -302,7 +302,10 @@ impl FrameReader {
         }
         if pos < data.len() {
             let tail = &data[pos..];
-            let mut buf = BytesMut::with_capacity(tail.len() + self.missing(tail)?);
+            // A broken header in the tail is reported by the next poll,
+            // after the message at hand.
+            let missing = self.missing(tail).unwrap_or(self.read_size);
+            let mut buf = BytesMut::with_capacity(tail.len() + missing);
             buf.extend_from_slice(tail);
             self.buf = buf;
         }
@@ -601,6 +604,15 @@ mod tests {
         let mut nested = frame(false, OP_BINARY, b"a");
         nested.extend(frame(true, OP_BINARY, b"b"));
         assert!(matches!(all(&nested).1, Some(ReadError::Protocol(_))));
+    }
+
+    #[test]
+    fn a_message_before_a_broken_frame_is_delivered_first() {
+        let mut wire = frame(true, OP_BINARY, b"ok");
+        wire.extend([0x82, 0x01, 0x00]); // unmasked
+        let (got, err) = all(&wire);
+        assert_eq!(got, [bin(b"ok")]);
+        assert!(matches!(err, Some(ReadError::Protocol(_))));
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! A connection's task, from the upgraded socket to its end: the reader
-//! (frames → decode → `control` or the message handlers; idle detection),
-//! the single writer task (queue → socket, coalesced writes, pings, the
-//! close frame), and the finish (unregister, leave rooms, disconnect
-//! handlers, exactly once).
+//! (frames from `io::ws_read` → decode → `control` or the message
+//! handlers; idle detection), the single writer task (queue → socket
+//! through `io::outbuf`: coalesced writes, pongs, pings, the close frame),
+//! and the finish (unregister, leave rooms, disconnect handlers, exactly
+//! once). The socket is split: the reader and the writer use their halves
+//! without a lock; what the reader needs written (a pong, the answer to the
+//! client's close frame) goes through the send queue to the writer.
 //!
 //! Life of a connection:
 //! 1. the handshake admits it and answers 101 (`session::handshake`);
