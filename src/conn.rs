@@ -52,19 +52,24 @@ struct State {
     close: Option<CloseRequest>,
     /// The peer is gone or closed: nothing more may be queued.
     ended: bool,
-    /// The payload of the pong owed to the client's latest ping.
-    pong: Option<Bytes>,
+    /// The payloads of the pongs owed to the client's pings, oldest first
+    /// (at most `MAX_PONGS`: beyond, the latest replaces the newest owed,
+    /// RFC 6455 §5.5.3 lets a pong answer only the latest ping).
+    pongs: Vec<Bytes>,
     /// The client closed: the payload of the close frame to answer with.
     close_reply: Option<Bytes>,
 }
+
+/// Pongs owed at most at once (see `SendQueue::pong`).
+const MAX_PONGS: usize = 16;
 
 /// What the writer takes in one go.
 pub(crate) struct Batch {
     pub msgs: VecDeque<Bytes>,
     pub close: Option<CloseRequest>,
     pub ended: bool,
-    /// A pong to send first (the answer to the client's latest ping).
-    pub pong: Option<Bytes>,
+    /// Pongs to send first (the answers to the client's pings).
+    pub pongs: Vec<Bytes>,
     /// The answer to the client's close frame, sent last unless `close`
     /// (the server's own close) goes instead.
     pub close_reply: Option<Bytes>,
@@ -152,9 +157,16 @@ impl SendQueue {
     }
 
     /// The client pinged: the writer answers with a pong carrying
-    /// `payload` (only the latest ping is answered, RFC 6455 §5.5.3).
+    /// `payload`. Pings are answered one by one up to `MAX_PONGS` owed at
+    /// once; a client pinging faster gets a pong for its latest ping.
     pub fn pong(&self, payload: Bytes) {
-        self.state.lock().pong = Some(payload);
+        let mut s = self.state.lock();
+        if s.pongs.len() < MAX_PONGS {
+            s.pongs.push(payload);
+        } else if let Some(last) = s.pongs.last_mut() {
+            *last = payload;
+        }
+        drop(s);
         self.writer_wake.notify_one();
     }
 
@@ -179,7 +191,7 @@ impl SendQueue {
             msgs: std::mem::take(&mut s.msgs),
             close: s.close.clone(),
             ended: s.ended,
-            pong: s.pong.take(),
+            pongs: std::mem::take(&mut s.pongs),
             close_reply: s.close_reply.take(),
         }
     }

@@ -403,7 +403,10 @@ pub(crate) async fn on_frame(
         Ok(msg) => {
             debug!(id = %msg.id, r#type = %msg.r#type, room = %msg.room, "message");
             let kind = if control::is_request(&msg) {
-                control::handle(inner, handle, &mut budgets.requests, msg).await;
+                // Boxed: a request's handling (hub, backplane) is a large
+                // future; inline, every message would pay for moving it
+                // (the read loop boxes this whole function's future).
+                Box::pin(control::handle(inner, handle, &mut budgets.requests, msg)).await;
                 Handling::Request
             } else if let Some(route) = inner.routes.get(&msg.r#type) {
                 route.handle(inner, handle, msg).await;
@@ -469,7 +472,7 @@ fn write_loop(
                 }
             }
             let batch = conn.queue.take();
-            if let Some(p) = &batch.pong {
+            for p in &batch.pongs {
                 w.control(OP_PONG, p);
             }
             let taken = batch.msgs.len();
