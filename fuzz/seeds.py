@@ -49,6 +49,18 @@ def msg(id="", type="", payload=b"", room="", control=b"", metadata=()):
     return out + control
 
 
+def ws(b0, payload, mask=b"\x12\x34\x56\x78"):
+    """A masked client WebSocket frame (first byte: FIN, RSV, opcode)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([b0, 0x80 | n])
+    elif n < 65536:
+        head = bytes([b0, 0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([b0, 0x80 | 127]) + struct.pack(">Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 def frames(*fs):
     return b"".join(struct.pack("<H", len(f)) + f for f in fs)
 
@@ -95,6 +107,13 @@ seeds = {
         "mixed": bytes([1, 0, 44, 1]) + bytes(300) + bytes([10, 2, 0]) + b"hi"
         + bytes([6, 0, 0, 1, 0, 0, 3, 0, 0, 0, 1, 0, 7]),
         "big": bytes([255, 8, 0xFF, 0xFF]) + bytes(70_000),
+    },
+    "read_frames": {
+        "messages": bytes([3, 255]) + ws(0x82, b"hello") + ws(0x02, b"frag")
+        + ws(0x89, b"p") + ws(0x80, b"ment") + ws(0x8A, b"") + ws(0x88, b"\x03\xe8bye"),
+        "big": bytes([200, 4]) + ws(0x82, bytes(70_000)),
+        "text": bytes([1, 1]) + ws(0x01, "é".encode()[:1]) + ws(0x80, "é".encode()[1:]),
+        "bad_close": bytes([0, 0]) + ws(0x88, b"\x03"),
     },
 }
 

@@ -16,14 +16,16 @@
 //! for being behind a burst.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use http::HeaderMap;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::SendError;
@@ -35,7 +37,7 @@ use crate::protocol::proto::Message;
 pub(crate) struct SendQueue {
     state: Mutex<State>,
     /// Wakes the writer: something was queued or a close was requested.
-    pub(crate) writer_wake: Notify,
+    pub(crate) writer_wake: Wake,
     limits: QueueLimits,
 }
 
@@ -52,13 +54,27 @@ struct State {
     close: Option<CloseRequest>,
     /// The peer is gone or closed: nothing more may be queued.
     ended: bool,
+    /// The payloads of the pongs owed to the client's pings, oldest first
+    /// (at most `MAX_PONGS`: beyond, the latest replaces the newest owed,
+    /// RFC 6455 §5.5.3 lets a pong answer only the latest ping).
+    pongs: Vec<Bytes>,
+    /// The client closed: the payload of the close frame to answer with.
+    close_reply: Option<Bytes>,
 }
+
+/// Pongs owed at most at once (see `SendQueue::pong`).
+const MAX_PONGS: usize = 16;
 
 /// What the writer takes in one go.
 pub(crate) struct Batch {
     pub msgs: VecDeque<Bytes>,
     pub close: Option<CloseRequest>,
     pub ended: bool,
+    /// Pongs to send first (the answers to the client's pings).
+    pub pongs: Vec<Bytes>,
+    /// The answer to the client's close frame, sent last unless `close`
+    /// (the server's own close) goes instead.
+    pub close_reply: Option<Bytes>,
 }
 
 /// The slow-consumer close: what is queued is dropped.
@@ -76,7 +92,7 @@ impl SendQueue {
     pub fn new(limits: QueueLimits) -> Self {
         SendQueue {
             state: Mutex::new(State::default()),
-            writer_wake: Notify::new(),
+            writer_wake: Wake::default(),
             limits: limits.sanitized(),
         }
     }
@@ -142,6 +158,31 @@ impl SendQueue {
         self.writer_wake.notify_one();
     }
 
+    /// The client pinged: the writer answers with a pong carrying
+    /// `payload`. Pings are answered one by one up to `MAX_PONGS` owed at
+    /// once; a client pinging faster gets a pong for its latest ping.
+    pub fn pong(&self, payload: Bytes) {
+        let mut s = self.state.lock();
+        if s.pongs.len() < MAX_PONGS {
+            s.pongs.push(payload);
+        } else if let Some(last) = s.pongs.last_mut() {
+            *last = payload;
+        }
+        drop(s);
+        self.writer_wake.notify_one();
+    }
+
+    /// The client sent a close frame: refuse further messages; the writer
+    /// sends what it took, then the close frame with `reply` as payload
+    /// (unless the server's own close frame goes first).
+    pub fn client_closed(&self, reply: Bytes) {
+        let mut s = self.state.lock();
+        s.ended = true;
+        s.close_reply = Some(reply);
+        drop(s);
+        self.writer_wake.notify_one();
+    }
+
     /// Takes everything queued (an empty queue keeps no allocation); it
     /// counts as in flight until [`sent`](SendQueue::sent).
     pub fn take(&self) -> Batch {
@@ -152,6 +193,8 @@ impl SendQueue {
             msgs: std::mem::take(&mut s.msgs),
             close: s.close.clone(),
             ended: s.ended,
+            pongs: std::mem::take(&mut s.pongs),
+            close_reply: s.close_reply.take(),
         }
     }
 
@@ -237,7 +280,7 @@ pub(crate) struct Connection {
     peer: Option<SocketAddr>,
     pub(crate) queue: SendQueue,
     /// Wakes the reader: a close was requested, or it must stop now.
-    pub(crate) reader_wake: Notify,
+    pub(crate) reader_wake: Wake,
     metrics: Arc<Metrics>,
     /// Rooms joined; `None` once the connection ended (no more joins).
     pub(crate) rooms: Mutex<Option<Vec<Arc<str>>>>,
@@ -263,7 +306,7 @@ impl Connection {
             headers: (!headers.is_empty()).then(|| Box::new(headers)),
             peer,
             queue: SendQueue::new(limits),
-            reader_wake: Notify::new(),
+            reader_wake: Wake::default(),
             metrics,
             rooms: Mutex::new(Some(Vec::new())),
             ended: AtomicBool::new(false),
@@ -483,5 +526,77 @@ mod queue_tests {
             DisconnectReason::ServerShutdown
         )));
         assert_eq!(q.close_reason(), Some(DisconnectReason::Kicked));
+    }
+}
+
+/// Wakes the one task that waits on it (a connection's reader, or its
+/// writer): `notify_one` from any thread, `notified` in that task. Like
+/// `tokio::sync::Notify` with a single waiter (wake-ups before the wait
+/// are kept, several coalesce into one), but lock-free: a pending wait is
+/// an atomic waker, not an entry in a mutex-guarded list, so a wait that
+/// another branch of a `select!` wins costs no lock to set up or undo (the
+/// reader and the writer wait on one per message).
+#[derive(Default)]
+pub(crate) struct Wake {
+    pending: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wake {
+    /// Wakes the waiting task, or the next wait if none is waiting.
+    pub fn notify_one(&self) {
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Completes once `notify_one` was called since the last completion.
+    pub fn notified(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| self.poll(cx))
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.take() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A notify between the check and the registration woke nobody.
+        if self.take() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn take(&self) -> bool {
+        self.pending.load(Ordering::Acquire) && self.pending.swap(false, Ordering::AcqRel)
+    }
+}
+
+#[cfg(test)]
+mod wake_tests {
+    use super::Wake;
+    use futures::FutureExt;
+
+    #[tokio::test]
+    async fn a_wake_before_the_wait_is_kept_and_several_coalesce() {
+        let w = Wake::default();
+        assert!(w.notified().now_or_never().is_none());
+        w.notify_one();
+        w.notify_one();
+        assert!(w.notified().now_or_never().is_some());
+        assert!(w.notified().now_or_never().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_task_is_woken_from_another_thread() {
+        let w = std::sync::Arc::new(Wake::default());
+        let w2 = w.clone();
+        let waiter = tokio::spawn(async move { w2.notified().await });
+        tokio::task::yield_now().await;
+        std::thread::spawn(move || w.notify_one());
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("woken")
+            .expect("no panic");
     }
 }

@@ -207,9 +207,30 @@ pub fn handshake(data: &[u8]) {
 }
 
 /// (c) What the writer produces parses back with tungstenite: binary
-/// frames appended to the output buffer, with tungstenite's own ping,
-/// pong and close frames written through the same IO, read back by a
+/// frames (buffered or written at once), pings, pongs and the close frame
+/// through a stream that takes a few bytes per write, read back by a
 /// tungstenite client as exactly those messages, nothing after the close.
 pub fn writer_frames(data: &[u8]) {
     crate::io::outbuf::check_frames_parse_back(data);
+}
+
+/// (d) The WebSocket read path (`src/io/ws_read.rs`): client bytes
+/// (after two bytes: a chunk size and a read size) parsed as the
+/// connection's reader does, in chunks and in one go. No panic, and the
+/// chunking changes nothing: the same messages, then the same error.
+pub fn read_frames(data: &[u8]) {
+    use crate::io::ws_read::parse_chunked;
+    let [chunk, read, wire @ ..] = data else {
+        return;
+    };
+    let max = 1 << 16;
+    let read = usize::from(*read).max(1) * 16;
+    let whole = parse_chunked(wire, &[], max, read);
+    let chunked = parse_chunked(wire, &[usize::from(*chunk), 1, 7], max, read);
+    assert_eq!(whole.0, chunked.0, "the same messages whatever the chunks");
+    assert_eq!(
+        whole.1.map(|e| e.to_string()),
+        chunked.1.map(|e| e.to_string()),
+        "the same error whatever the chunks"
+    );
 }

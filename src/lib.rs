@@ -25,7 +25,7 @@
 //! ## Tracing a frame in (5 files)
 //!
 //! 1. `io/transport.rs` — the TCP socket taken back from hyper's upgrade
-//!    (`TCP_NODELAY` on); tungstenite reads frames from it.
+//!    (`TCP_NODELAY` on); `io/ws_read.rs` reads WebSocket frames from it.
 //! 2. `session/task.rs` — `read_loop` gets each binary frame; `on_frame`
 //!    counts it, checks the cost rule (`protocol/cost.rs`) and the inbound
 //!    budget (`session/budget.rs`), and
@@ -57,9 +57,10 @@
 //!    and bytes (a backlog over them for `slow_consumer_grace`, or over the
 //!    hard limits, closes the connection with 4003), wakes the writer;
 //! 4. `session/task.rs` — `write_loop`, the connection's single writer,
-//!    takes the whole queue at once and appends every frame to
-//! 5. `io/outbuf.rs` — the connection's output buffer, written to the
-//!    socket in one syscall per batch and then freed.
+//!    takes the whole queue at once and hands every frame to
+//! 5. `io/outbuf.rs` — the frame writer: the batch leaves in one vectored
+//!    write (buffered small frames, then the last frame's header and
+//!    payload, not copied); the buffer is freed afterwards.
 //!
 //! The layers, each importing only those below it, are drawn in
 //! `ARCHITECTURE.md`: `protocol`/`io` → `conn` → `hub` → `backplane` →

@@ -107,7 +107,9 @@ options! {
     /// close the connection with 1009.
     max_message_size, with_max_message_size: usize = 1 << 20,
         "EDK_WS_MAX_MESSAGE_SIZE" via size;
-    /// Read buffer allocated per connection, in bytes.
+    /// The largest read from the socket into the reader's stack buffer, in
+    /// bytes (at most 4 KiB is used; nothing is allocated per connection
+    /// for it: only an unfinished frame is kept on the heap, see `io/`).
     read_buffer_size, with_read_buffer_size: usize = 4 << 10,
         "EDK_WS_READ_BUFFER_SIZE" via size;
     /// Outgoing bytes buffered before a write is forced, in bytes.

@@ -1,11 +1,16 @@
 //! Bytes under the WebSocket, at the bottom of the crate beside
 //! [`protocol`](crate::protocol): the socket recovered from hyper's upgrade
-//! (`transport`: TCP_NODELAY however the listener was bound), the writer's
-//! coalescing output buffer (`outbuf`), and a listener helper ([`bind`]).
-//! Imports nothing else of the crate.
+//! and split for the reader and the writer without a lock (`transport`:
+//! TCP_NODELAY however the listener was bound), the WebSocket read path
+//! (`ws_read`: frames out of small stack-buffer reads, RFC 6455's server
+//! rules, no read buffer held while idle), the writer's frames
+//! (`outbuf`: coalesced, vectored, buffer freed after each write), and a
+//! listener helper ([`bind`]). The connection uses no WebSocket library
+//! after the handshake. Imports nothing else of the crate.
 
 mod listener;
 pub(crate) mod outbuf;
 pub(crate) mod transport;
+pub(crate) mod ws_read;
 
 pub use listener::bind;

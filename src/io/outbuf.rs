@@ -1,182 +1,249 @@
-//! The socket under a connection's WebSocket: one write buffer, owned by
-//! us, that leaves in one syscall per flush and is freed afterwards.
+//! The connection writer's output: server frames (unmasked, never
+//! fragmented) formatted here and written with as few syscalls and copies
+//! as the batch allows.
 //!
-//! tungstenite keeps its own write buffer's capacity forever, so a
-//! connection that once received a big frame would hold that memory while
-//! idle. So the connection's writer bypasses tungstenite for data frames:
-//! it appends complete binary frames straight into [`OutBuf`], and
-//! tungstenite (run with a write buffer of 0) hands its own frames — pings,
-//! pongs, the close frame — down into the same buffer. Every append is a
-//! whole frame, so frames never interleave; the writer sends the close
-//! frame last. On flush the buffer is written out and its memory released.
+//! Small frames of a batch are appended to one buffer; the batch's last
+//! frame, and any big payload, is written together with that buffer in one
+//! vectored write (buffer, header, payload), so a payload is never copied
+//! just to be sent and several queued frames still leave in one syscall.
+//! The buffer is freed after each write-out: an idle connection holds no
+//! write memory. A close frame is the last thing written (RFC 6455
+//! §5.5.1): after it, frames are refused.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::io::{self, IoSlice};
 
-use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-#[derive(Default)]
-struct State {
-    buf: Vec<u8>,
-    /// Bytes of `buf` already written.
-    pos: usize,
-    /// A close frame went in: nothing may follow it (RFC 6455 §5.5.1).
+pub(crate) const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PONG: u8 = 0xa;
+
+/// Payloads from this size on are never copied into the buffer.
+const COPY_LIMIT: usize = 16 << 10;
+
+/// A final, unmasked frame header for a payload of `len` bytes; returns
+/// the bytes and how many of them are the header.
+fn head(opcode: u8, len: usize) -> ([u8; 10], usize) {
+    let mut h = [0u8; 10];
+    h[0] = 0x80 | opcode;
+    let n = match len {
+        0..=125 => {
+            h[1] = len as u8;
+            2
+        }
+        126..=0xffff => {
+            h[1] = 126;
+            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
+        }
+        _ => {
+            h[1] = 127;
+            h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    };
+    (h, n)
+}
+
+/// Writes frames to `W` (see the module docs).
+pub(crate) struct FrameWriter<W> {
+    io: W,
+    /// Frames waiting to be written.
+    out: Vec<u8>,
+    /// Buffered bytes beyond which the buffer is written out.
+    flush_above: usize,
+    /// Whether `io` writes several buffers in one call; if not, small
+    /// payloads are copied so that a frame still leaves in one write.
+    vectored: bool,
+    /// A close frame went in: nothing may follow it.
     closed: bool,
 }
 
-/// The shared outgoing buffer of one connection.
-#[derive(Clone, Default)]
-pub(crate) struct OutBuf(Arc<Mutex<State>>);
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(io: W, flush_above: usize) -> Self {
+        let vectored = io.is_write_vectored();
+        FrameWriter {
+            io,
+            out: Vec::new(),
+            flush_above: flush_above.max(1),
+            vectored,
+            closed: false,
+        }
+    }
 
-impl OutBuf {
-    /// Appends one unmasked, unfragmented binary frame (server → client).
-    /// Returns `false` (and appends nothing) once a close frame went in.
-    pub fn push_binary(&self, payload: &[u8]) -> bool {
-        let mut s = self.0.lock();
-        if s.closed {
+    /// Sends a binary frame: buffered when small and `more` frames follow
+    /// in this batch (written out once over `flush_above`), else written
+    /// now with what is buffered. Returns `false` (sending nothing) after a
+    /// close frame.
+    pub async fn binary(&mut self, payload: &[u8], more: bool) -> io::Result<bool> {
+        if self.closed {
+            return Ok(false);
+        }
+        let (h, n) = head(OP_BINARY, payload.len());
+        if more && payload.len() < COPY_LIMIT {
+            self.out.extend_from_slice(&h[..n]);
+            self.out.extend_from_slice(payload);
+            if self.out.len() >= self.flush_above {
+                self.flush().await?;
+            }
+        } else {
+            self.write_out(&h[..n], payload).await?;
+        }
+        Ok(true)
+    }
+
+    /// Appends a control frame (at most 125 bytes of payload, cut if
+    /// longer): a ping, a pong, or the close frame, after which nothing is
+    /// appended any more. Returns `false` (appending nothing) after a close.
+    pub fn control(&mut self, opcode: u8, payload: &[u8]) -> bool {
+        if self.closed {
             return false;
         }
-        let header = FrameHeader {
-            opcode: OpCode::Data(Data::Binary),
-            ..FrameHeader::default()
-        };
-        // Writing into a Vec cannot fail.
-        let _ = header.format(payload.len() as u64, &mut s.buf);
-        s.buf.extend_from_slice(payload);
+        let payload = &payload[..payload.len().min(125)];
+        let (h, n) = head(opcode, payload.len());
+        self.out.extend_from_slice(&h[..n]);
+        self.out.extend_from_slice(payload);
+        self.closed = opcode == OP_CLOSE;
         true
     }
 
-    /// Bytes waiting to be written.
-    pub fn pending(&self) -> usize {
-        let s = self.0.lock();
-        s.buf.len() - s.pos
-    }
-}
-
-/// The IO given to tungstenite: reads pass through; writes go to [`OutBuf`].
-pub(crate) struct CoalescingIo<T> {
-    inner: T,
-    out: OutBuf,
-    /// Buffered bytes beyond which a write first pushes the buffer out.
-    limit: usize,
-}
-
-impl<T> CoalescingIo<T> {
-    pub fn new(inner: T, out: OutBuf, limit: usize) -> Self {
-        CoalescingIo {
-            inner,
-            out,
-            limit: limit.max(1),
-        }
+    /// Appends a close frame with `code` and `reason` (cut to fit).
+    pub fn close(&mut self, code: u16, reason: &str) -> bool {
+        let mut payload = Vec::with_capacity(2 + reason.len());
+        payload.extend_from_slice(&code.to_be_bytes());
+        payload.extend_from_slice(reason.as_bytes());
+        self.control(OP_CLOSE, &payload)
     }
 
-    pub fn get_mut(&mut self) -> &mut T {
-        &mut self.inner
+    /// Writes out what is buffered, then frees the buffer.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        self.write_out(&[], &[]).await
     }
-}
 
-impl<T: AsyncWrite + Unpin> CoalescingIo<T> {
-    /// Writes out everything buffered, then frees the buffer.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut s = self.out.0.lock();
-        while s.pos < s.buf.len() {
-            let State { buf, pos, .. } = &mut *s;
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &buf[*pos..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            s.pos += n;
+    /// Writes the buffer, then `head` and `payload`, in one vectored write
+    /// when the stream allows; frees the buffer.
+    async fn write_out(&mut self, head: &[u8], payload: &[u8]) -> io::Result<()> {
+        if !self.vectored && payload.len() < COPY_LIMIT {
+            self.out.extend_from_slice(head);
+            self.out.extend_from_slice(payload);
+            write_all_vectored(&mut self.io, [&self.out, &[], &[]]).await?;
+        } else {
+            write_all_vectored(&mut self.io, [&self.out, head, payload]).await?;
         }
         // Freed, not cleared: an idle connection holds no write memory.
-        s.pos = 0;
-        s.buf = Vec::new();
-        Poll::Ready(Ok(()))
+        self.out = Vec::new();
+        self.io.flush().await
+    }
+
+    /// Ends the stream for writing (after a flush).
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        self.io.shutdown().await
+    }
+
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn into_inner(self) -> W {
+        self.io
     }
 }
 
-/// Walks the (server-written, whole) frames in `data` looking for a close
-/// frame, with tungstenite's own header parser.
-fn contains_close_frame(data: &[u8]) -> bool {
-    let mut cursor = std::io::Cursor::new(data);
-    while let Ok(Some((header, len))) = FrameHeader::parse(&mut cursor) {
-        if header.opcode == OpCode::Control(Control::Close) {
-            return true;
+/// Writes all of `parts`, in order, with as few vectored writes as the
+/// stream takes.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut parts: [&[u8]; 3],
+) -> io::Result<()> {
+    while parts.iter().any(|p| !p.is_empty()) {
+        let slices = parts.map(IoSlice::new);
+        let mut n = io.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
-        let next = cursor.position().saturating_add(len);
-        if next >= data.len() as u64 {
-            return false;
+        for p in &mut parts {
+            let k = n.min(p.len());
+            *p = &p[k..];
+            n -= k;
         }
-        cursor.set_position(next);
     }
-    false
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for CoalescingIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescingIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if this.out.pending() >= this.limit {
-            ready!(this.poll_drain(cx))?;
-        }
-        let mut s = this.out.0.lock();
-        // tungstenite hands down whole frames (its write buffer is 0): note
-        // a close frame so that no data frame is appended after it.
-        if contains_close_frame(data) {
-            s.closed = true;
-        }
-        s.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.inner).poll_shutdown(cx)
-    }
+    Ok(())
 }
 
 /// Checks that what the writer produces parses back with tungstenite, for
 /// a sequence of writer operations read from `ops` (the fuzz target
-/// `writer_frames`, and a unit test): binary frames appended to the
-/// [`OutBuf`], tungstenite's pings, pongs and close frame written through
-/// [`CoalescingIo`], flushes. A tungstenite client reading the bytes must
-/// see exactly those messages in order, and nothing after the close.
+/// `writer_frames`, and a unit test): binary frames (buffered or written
+/// at once), pings, pongs, the close frame, flushes, through a stream that
+/// takes a few bytes per write. A tungstenite client reading the bytes
+/// must see exactly those messages in order, and nothing after the close.
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn check_frames_parse_back(ops: &[u8]) {
-    use tokio::io::AsyncWriteExt;
-    use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
     use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
     use tokio_tungstenite::tungstenite::Message;
+
+    /// Takes at most `step` bytes per write (0: all), vectored or not.
+    struct Trickle {
+        bytes: Vec<u8>,
+        step: usize,
+        vectored: bool,
+    }
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = if self.step == 0 {
+                buf.len()
+            } else {
+                buf.len().min(self.step)
+            };
+            self.bytes.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if !self.vectored {
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+                return self.poll_write(cx, first);
+            }
+            let mut total = 0;
+            for b in bufs {
+                let Poll::Ready(Ok(n)) = self.as_mut().poll_write(cx, b) else {
+                    unreachable!("Trickle writes are always ready");
+                };
+                total += n;
+                if n < b.len() {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(total))
+        }
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
 
     let Some((&limit, mut rest)) = ops.split_first() else {
         return;
     };
-    let out = OutBuf::default();
-    let mut io = CoalescingIo::new(Vec::<u8>::new(), out.clone(), usize::from(limit) * 64);
+    let io = Trickle {
+        bytes: Vec::new(),
+        step: usize::from(limit & 0x7f),
+        vectored: limit & 0x80 == 0,
+    };
+    let mut w = FrameWriter::new(io, usize::from(limit) * 64);
     let mut expected = Vec::new();
     let mut closed = false;
     futures::executor::block_on(async {
@@ -191,50 +258,44 @@ pub(crate) fn check_frames_parse_back(ops: &[u8]) {
             rest = r;
             match op & 3 {
                 0 | 1 => {
-                    assert_eq!(out.push_binary(payload), !closed, "binary after close");
+                    let sent = w
+                        .binary(payload, op & 1 == 0)
+                        .await
+                        .expect("Trickle writes");
+                    assert_eq!(sent, !closed, "binary after close");
                     if !closed {
                         expected.push(Message::Binary(payload.to_vec().into()));
                     }
                 }
-                2 if !closed => {
-                    let (frame, msg) = if op & 4 == 0 {
-                        (
-                            Frame::ping(payload.to_vec()),
-                            Message::Ping(payload.to_vec().into()),
-                        )
+                2 => {
+                    let (opcode, msg) = if op & 4 == 0 {
+                        (OP_PING, Message::Ping(payload.to_vec().into()))
                     } else {
-                        (
-                            Frame::pong(payload.to_vec()),
-                            Message::Pong(payload.to_vec().into()),
-                        )
+                        (OP_PONG, Message::Pong(payload.to_vec().into()))
                     };
-                    let mut b = Vec::new();
-                    frame.format(&mut b).expect("a frame formats into a Vec");
-                    io.write_all(&b).await.expect("writes to a Vec succeed");
-                    expected.push(msg);
+                    assert_eq!(w.control(opcode, payload), !closed, "control after close");
+                    if !closed {
+                        expected.push(msg);
+                    }
                 }
-                3 if !closed => {
-                    let close = CloseFrame {
-                        code: 4000u16.into(),
-                        reason: "bye".into(),
-                    };
-                    let mut b = Vec::new();
-                    Frame::close(Some(close.clone()))
-                        .format(&mut b)
-                        .expect("a frame formats into a Vec");
-                    io.write_all(&b).await.expect("writes to a Vec succeed");
-                    expected.push(Message::Close(Some(close)));
+                _ => {
+                    assert_eq!(w.close(4000, "bye"), !closed, "close after close");
+                    if !closed {
+                        expected.push(Message::Close(Some(CloseFrame {
+                            code: 4000u16.into(),
+                            reason: "bye".into(),
+                        })));
+                    }
                     closed = true;
                 }
-                _ => {}
             }
             if op & 8 != 0 {
-                io.flush().await.expect("flushes to a Vec succeed");
+                w.flush().await.expect("Trickle flushes");
             }
         }
-        io.shutdown().await.expect("shutdown of a Vec succeeds");
+        w.shutdown().await.expect("Trickle shuts down");
     });
-    let written = std::mem::take(io.get_mut());
+    let written = w.into_inner().bytes;
 
     /// Reads the written bytes; discards the client's own replies.
     struct Wire(std::io::Cursor<Vec<u8>>);
@@ -271,40 +332,39 @@ pub(crate) fn check_frames_parse_back(ops: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
-    async fn frames_leave_on_flush_and_the_buffer_is_freed() {
+    async fn buffered_frames_leave_with_the_last_and_the_buffer_is_freed() {
         let (a, mut b) = tokio::io::duplex(1 << 20);
-        let out = OutBuf::default();
-        let mut io = CoalescingIo::new(a, out.clone(), 1 << 20);
-        out.push_binary(&[7u8; 3]);
-        out.push_binary(&[1u8; 300]);
-        out.push_binary(&vec![2u8; 70_000]);
-        io.write_all(b"\x89\x00").await.unwrap(); // a ping from tungstenite
+        let mut w = FrameWriter::new(a, 1 << 20);
+        w.binary(&[7u8; 3], true).await.unwrap();
+        w.binary(&[1u8; 300], true).await.unwrap();
+        assert!(w.control(OP_PING, b""));
         let mut probe = [0u8; 1];
         let early = tokio::time::timeout(std::time::Duration::from_millis(20), b.read(&mut probe));
-        assert!(early.await.is_err(), "nothing leaves before the flush");
-        io.flush().await.unwrap();
-        let mut got = vec![0u8; 2 + 3 + 4 + 300 + 10 + 70_000 + 2];
+        assert!(early.await.is_err(), "nothing leaves before the batch ends");
+        w.binary(&vec![2u8; 70_000], false).await.unwrap();
+        assert_eq!(w.out.capacity(), 0);
+        let mut got = vec![0u8; 2 + 3 + 4 + 300 + 2 + 10 + 70_000];
         b.read_exact(&mut got).await.unwrap();
         assert_eq!(&got[..5], &[0x82, 3, 7, 7, 7]);
         assert_eq!(&got[5..9], &[0x82, 126, 1, 44]); // 300 = 0x012c
-        assert_eq!(&got[309..319], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]); // 70_000
-        assert_eq!(&got[got.len() - 2..], b"\x89\x00");
-        assert_eq!(out.0.lock().buf.capacity(), 0);
+        assert_eq!(&got[309..311], b"\x89\x00");
+        assert_eq!(&got[311..321], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]); // 70_000
     }
 
     #[tokio::test]
-    async fn no_data_frame_after_a_close_frame() {
+    async fn nothing_after_a_close_frame() {
         let (a, mut b) = tokio::io::duplex(1 << 16);
-        let out = OutBuf::default();
-        let mut io = CoalescingIo::new(a, out.clone(), 1 << 16);
-        assert!(out.push_binary(b"first"));
-        // A pong and a close reply in one write, as tungstenite may hand them.
-        io.write_all(b"\x8a\x00\x88\x02\x03\xe8").await.unwrap();
-        assert!(!out.push_binary(b"after close"));
-        io.shutdown().await.unwrap();
+        let mut w = FrameWriter::new(a, 1 << 16);
+        assert!(w.binary(b"first", true).await.unwrap());
+        assert!(w.control(OP_PONG, b""));
+        assert!(w.close(1000, ""));
+        assert!(!w.binary(b"after close", false).await.unwrap());
+        assert!(!w.control(OP_PING, b""));
+        w.shutdown().await.unwrap();
+        drop(w);
         let mut got = Vec::new();
         b.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"\x82\x05first\x8a\x00\x88\x02\x03\xe8");
@@ -312,45 +372,38 @@ mod tests {
 
     #[test]
     fn a_mixed_sequence_parses_back() {
-        // limit 1 (64 bytes); binary 300, ping "hi", flush, pong, binary 0,
-        // close, binary after close (refused), ping after close (skipped).
-        let mut ops = vec![1u8];
-        ops.extend([0, 44, 1]);
-        ops.extend(vec![9u8; 300]);
-        ops.extend([2 | 8, 2, 0, b'h', b'i']);
-        ops.extend([2 | 4, 0, 0]);
-        ops.extend([1, 0, 0]);
-        ops.extend([3, 0, 0]);
-        ops.extend([0, 1, 0, 7]);
-        ops.extend([2, 0, 0]);
-        check_frames_parse_back(&ops);
+        // binary 300 (buffered), ping "hi" + flush, pong, binary 0 (now),
+        // close, binary after close (refused), ping after close (refused).
+        for limit in [0u8, 1, 3, 0x81, 0x85] {
+            let mut ops = vec![limit];
+            ops.extend([0, 44, 1]);
+            ops.extend(vec![9u8; 300]);
+            ops.extend([2 | 8, 2, 0, b'h', b'i']);
+            ops.extend([2 | 4, 0, 0]);
+            ops.extend([1, 0, 0]);
+            ops.extend([3, 0, 0]);
+            ops.extend([0, 1, 0, 7]);
+            ops.extend([2, 0, 0]);
+            check_frames_parse_back(&ops);
+        }
         check_frames_parse_back(&[]);
         check_frames_parse_back(&[0, 0]);
     }
 
-    /// Every frame the writer produces parses back with tungstenite's own
-    /// frame parser, whatever the payload length (each length-format
-    /// boundary of RFC 6455 §5.2), and the close-frame scan finds only
-    /// close frames.
+    /// Every header parses back with tungstenite's own frame parser at
+    /// each length-format boundary of RFC 6455 §5.2.
     #[test]
-    fn written_frames_parse_back_with_tungstenite() {
-        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    fn headers_parse_back_with_tungstenite() {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
         for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 1 << 20] {
-            let out = OutBuf::default();
-            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            assert!(out.push_binary(&payload));
-            let bytes = std::mem::take(&mut out.0.lock().buf);
-            let mut cursor = std::io::Cursor::new(&bytes[..]);
-            let (header, n) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
-            assert_eq!(n as usize, len, "length {len}");
+            let (h, n) = head(OP_BINARY, len);
+            let mut cursor = std::io::Cursor::new(&h[..n]);
+            let (header, got) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert_eq!(got as usize, len, "length {len}");
+            assert_eq!(cursor.position() as usize, n);
             assert!(header.is_final && header.mask.is_none());
             assert_eq!(header.opcode, OpCode::Data(Data::Binary));
-            let start = cursor.position() as usize;
-            assert_eq!(&bytes[start..], &payload[..], "payload of length {len}");
-            assert!(!contains_close_frame(&bytes));
-            let mut with_close = bytes.clone();
-            Frame::close(None).format(&mut with_close).unwrap();
-            assert!(contains_close_frame(&with_close), "close after {len}");
         }
     }
 }

@@ -25,6 +25,9 @@ use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp;
+#[cfg(unix)]
+use tokio::net::unix;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -97,50 +100,112 @@ fn tcp(stream: TcpStream, read_ahead: Bytes) -> Recovered {
     }
 }
 
-impl AsyncRead for Transport {
+impl Transport {
+    /// The reading and the writing half, used by two tasks without a lock
+    /// between them (TCP and Unix sockets); hyper's upgraded IO is split
+    /// with tokio's generic (locking) `split`.
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Transport::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+            }
+            #[cfg(unix)]
+            Transport::Unix(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Unix(r), WriteHalf::Unix(w))
+            }
+            Transport::Upgraded(s) => {
+                let (r, w) = tokio::io::split(s);
+                (ReadHalf::Upgraded(r), WriteHalf::Upgraded(w))
+            }
+        }
+    }
+}
+
+/// The reading half of a [`Transport`].
+pub(crate) enum ReadHalf {
+    Tcp(tcp::OwnedReadHalf),
+    #[cfg(unix)]
+    Unix(unix::OwnedReadHalf),
+    Upgraded(tokio::io::ReadHalf<TokioIo<Upgraded>>),
+}
+
+/// The writing half of a [`Transport`]; dropping it ends the stream for
+/// writing (FIN) on TCP and Unix sockets.
+pub(crate) enum WriteHalf {
+    Tcp(tcp::OwnedWriteHalf),
+    #[cfg(unix)]
+    Unix(unix::OwnedWriteHalf),
+    Upgraded(tokio::io::WriteHalf<TokioIo<Upgraded>>),
+}
+
+impl AsyncRead for ReadHalf {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             #[cfg(unix)]
-            Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Transport {
+impl AsyncWrite for WriteHalf {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             #[cfg(unix)]
-            Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(unix)]
+            WriteHalf::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            WriteHalf::Upgraded(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WriteHalf::Tcp(s) => s.is_write_vectored(),
+            #[cfg(unix)]
+            WriteHalf::Unix(s) => s.is_write_vectored(),
+            WriteHalf::Upgraded(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Tcp(s) => Pin::new(s).poll_flush(cx),
             #[cfg(unix)]
-            Transport::Unix(s) => Pin::new(s).poll_flush(cx),
-            Transport::Upgraded(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Unix(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Upgraded(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             #[cfg(unix)]
-            Transport::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -1,8 +1,11 @@
 //! A connection's task, from the upgraded socket to its end: the reader
-//! (frames → decode → `control` or the message handlers; idle detection),
-//! the single writer task (queue → socket, coalesced writes, pings, the
-//! close frame), and the finish (unregister, leave rooms, disconnect
-//! handlers, exactly once).
+//! (frames from `io::ws_read` → decode → `control` or the message
+//! handlers; idle detection), the single writer task (queue → socket
+//! through `io::outbuf`: coalesced writes, pongs, pings, the close frame),
+//! and the finish (unregister, leave rooms, disconnect handlers, exactly
+//! once). The socket is split: the reader and the writer use their halves
+//! without a lock; what the reader needs written (a pong, the answer to the
+//! client's close frame) goes through the send queue to the writer.
 //!
 //! Life of a connection:
 //! 1. the handshake admits it and answers 101 (`session::handshake`);
@@ -21,17 +24,10 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::{SplitSink, SplitStream};
 use futures::FutureExt;
-use futures::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, error, info, warn, Instrument};
 
@@ -39,15 +35,14 @@ use super::budget::Inbound;
 use super::control;
 use super::Endpoint;
 use crate::conn::{Conn, Connection};
-use crate::io::outbuf::{CoalescingIo, OutBuf};
-use crate::io::transport::{self, Transport};
+use crate::io::outbuf::{FrameWriter, OP_CLOSE, OP_PING, OP_PONG};
+use crate::io::transport::{self, ReadHalf, WriteHalf};
+use crate::io::ws_read::{FrameReader, Incoming, ReadError};
 use crate::logs::{ns, LogBudget, PeerAddr};
 use crate::metrics::{Handling, Metrics};
 use crate::protocol::close::{code, CloseRequest, DisconnectReason};
 use crate::protocol::proto::error::Code;
 use crate::protocol::{codec, cost};
-
-type Socket = WebSocketStream<CoalescingIo<Transport>>;
 
 /// Serves an admitted connection from its upgrade to its end, then
 /// unregisters it and runs the disconnect handlers.
@@ -84,12 +79,12 @@ pub(crate) fn run(
     .instrument(span)
 }
 
-/// A connection's socket, split: the reader's half, the writer's half and
-/// the buffer the writer fills (see `crate::io`).
+/// A connection's socket, split: the reader's half with its frame parser,
+/// and the writer's half (see `crate::io`).
 struct Opened {
-    sink: SplitSink<Socket, WsMessage>,
-    stream: SplitStream<Socket>,
-    out: OutBuf,
+    read: ReadHalf,
+    frames: FrameReader,
+    write: WriteHalf,
 }
 
 /// Handlers and hooks are isolated already; this is the last line:
@@ -124,14 +119,6 @@ async fn open(
         }
     };
     let o = &inner.hub().options;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(o.read_buffer_size)
-        // Frames go straight down to `CoalescingIo`, which batches them and
-        // frees its buffer after each flush (see `crate::io`).
-        .write_buffer_size(0)
-        .max_message_size(Some(o.max_message_size))
-        .max_frame_size(Some(o.max_message_size));
-    let out = OutBuf::default();
     let recovered = transport::recover(upgraded);
     if recovered.nagle_possible {
         inner
@@ -140,16 +127,14 @@ async fn open(
             .tcp_nodelay_unavailable
             .fetch_add(1, Ordering::Relaxed);
     }
-    let io = CoalescingIo::new(recovered.stream, out.clone(), o.write_buffer_size);
-    let ws = if recovered.read_ahead.is_empty() {
-        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
-    } else {
-        let part = recovered.read_ahead;
-        WebSocketStream::from_partially_read(io, part, Role::Server, Some(config)).await
-    };
+    let frames = FrameReader::new(o.max_message_size, o.read_buffer_size, recovered.read_ahead);
+    let (read, write) = recovered.stream.into_split();
     info!("connected");
-    let (sink, stream) = ws.split();
-    Ok(Opened { sink, stream, out })
+    Ok(Opened {
+        read,
+        frames,
+        write,
+    })
 }
 
 // `serve` and `write_loop` live as long as their connection, so their
@@ -166,15 +151,13 @@ fn serve<'a>(
     async move {
         let o = &inner.hub().options;
         let mut writer = tokio::spawn(write_loop(
-            socket.sink,
-            socket.out,
-            o.write_buffer_size,
+            FrameWriter::new(socket.write, o.write_buffer_size),
             conn.clone(),
             o.ping_interval,
             inner.hub().metrics.clone(),
         ));
 
-        let exit = read_loop(&mut socket.stream, inner, conn).await;
+        let exit = read_loop(&mut socket.read, &mut socket.frames, inner, conn).await;
 
         // No more messages: the writer sends a requested close frame, if any, and
         // ends. A writer stuck on a client that does not read is cut off.
@@ -184,16 +167,22 @@ fn serve<'a>(
         } else {
             o.close_timeout
         };
-        let sink = match tokio::time::timeout(wait, &mut writer).await {
-            Ok(Ok(sink)) => Some(sink),
+        let written = match tokio::time::timeout(wait, &mut writer).await {
+            Ok(Ok(w)) => Some(w),
             _ => {
                 writer.abort();
                 None
             }
         };
-        if let Some(Ok(ws)) = sink.map(|s| s.reunite(socket.stream)) {
+        if let Some(w) = written {
             // Boxed: it would otherwise be part of every connection task.
-            Box::pin(finish_socket(ws, exit == Exit::Drain, o.close_timeout)).await;
+            Box::pin(finish_socket(
+                socket.read,
+                w,
+                exit == Exit::Drain,
+                o.close_timeout,
+            ))
+            .await;
         }
         conn.queue
             .close_reason()
@@ -212,7 +201,8 @@ enum Exit {
 }
 
 async fn read_loop(
-    stream: &mut SplitStream<Socket>,
+    read: &mut ReadHalf,
+    frames: &mut FrameReader,
     inner: &Arc<Endpoint>,
     conn: &Arc<Connection>,
 ) -> Exit {
@@ -289,11 +279,10 @@ async fn read_loop(
                     }
                 }
             }
-            item = stream.next() => {
+            item = std::future::poll_fn(|cx| frames.poll_next(cx, read)) => {
                 last_seen = Instant::now();
-                let Some(item) = item else { return Exit::Clean };
                 match item {
-                    Ok(WsMessage::Binary(frame)) => {
+                    Ok(Incoming::Binary(frame)) => {
                         if conn.queue.is_closing() {
                             continue;
                         }
@@ -302,7 +291,7 @@ async fn read_loop(
                         // every idle connection pays for.
                         Box::pin(on_frame(inner, conn, &handle, &mut budgets, frame)).await;
                     }
-                    Ok(WsMessage::Text(_)) => {
+                    Ok(Incoming::Text) => {
                         protocol_close(
                             conn,
                             code::UNSUPPORTED_DATA,
@@ -310,31 +299,31 @@ async fn read_loop(
                             &"text frame",
                         );
                     }
-                    Ok(WsMessage::Close(frame)) => {
-                        debug!(?frame, "client sent close");
-                        // Keep polling: tungstenite sends its close reply
-                        // while the stream is read, then ends it.
-                        conn.queue.end();
-                    }
-                    Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => {}
-                    Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_)) => {
+                    Ok(Incoming::Ping(payload)) => conn.queue.pong(payload),
+                    Ok(Incoming::Pong) => {}
+                    Ok(Incoming::Close { code, reply }) => {
+                        debug!(?code, "client sent close");
+                        // The writer answers (after what it took) unless
+                        // the server's own close frame goes first.
+                        conn.queue.client_closed(reply);
                         return Exit::Clean;
                     }
-                    Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                    Err(ReadError::Io(_)) => return Exit::Clean,
+                    Err(ReadError::Eof) => {
                         // The client went away without a close frame: it
                         // closed, it did not break the protocol.
                         debug!("the client vanished without a close frame");
                         return Exit::Clean;
                     }
-                    Err(WsError::Capacity(e)) => {
+                    Err(e @ ReadError::TooBig { .. }) => {
                         protocol_close(conn, code::MESSAGE_TOO_BIG, "message too big", &e);
                         return Exit::Drain;
                     }
-                    Err(WsError::Utf8(_)) => {
+                    Err(ReadError::Utf8) => {
                         protocol_close(conn, code::INVALID_PAYLOAD, "invalid UTF-8", &"text frame");
                         return Exit::Drain;
                     }
-                    Err(e) => {
+                    Err(e @ ReadError::Protocol(_)) => {
                         protocol_close(conn, code::PROTOCOL_ERROR, "protocol error", &e);
                         return Exit::Drain;
                     }
@@ -414,7 +403,10 @@ pub(crate) async fn on_frame(
         Ok(msg) => {
             debug!(id = %msg.id, r#type = %msg.r#type, room = %msg.room, "message");
             let kind = if control::is_request(&msg) {
-                control::handle(inner, handle, &mut budgets.requests, msg).await;
+                // Boxed: a request's handling (hub, backplane) is a large
+                // future; inline, every message would pay for moving it
+                // (the read loop boxes this whole function's future).
+                Box::pin(control::handle(inner, handle, &mut budgets.requests, msg)).await;
                 Handling::Request
             } else if let Some(route) = inner.routes.get(&msg.r#type) {
                 route.handle(inner, handle, msg).await;
@@ -452,18 +444,18 @@ fn protocol_close(conn: &Connection, code: u16, reason: &str, detail: &dyn std::
     ));
 }
 
-/// The single writer: drains the queue in batches (append each frame to the
-/// connection's [`OutBuf`], flush once: one syscall), pings on schedule, and ends with the close frame when one was
-/// requested. Returns the sink so the reader can reunite the halves.
+/// The single writer: drains the queue in batches (the batch's frames
+/// leave together, one syscall when they fit `flush_above`), answers the
+/// client's pings, pings on schedule, and ends with the close frame when
+/// one was requested or the client closed. Returns the writer, for the
+/// socket's end.
 #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see `serve`
 fn write_loop(
-    mut sink: SplitSink<Socket, WsMessage>,
-    out: OutBuf,
-    flush_above: usize,
+    mut w: FrameWriter<WriteHalf>,
     conn: Arc<Connection>,
     ping_every: Duration,
     metrics: Arc<Metrics>,
-) -> impl Future<Output = SplitSink<Socket, WsMessage>> {
+) -> impl Future<Output = FrameWriter<WriteHalf>> {
     async move {
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -472,28 +464,32 @@ fn write_loop(
                 biased;
                 () = conn.queue.writer_wake.notified() => {}
                 _ = ping.tick() => {
-                    if sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                    w.control(OP_PING, &[]);
+                    if w.flush().await.is_err() {
                         break;
                     }
                     continue;
                 }
             }
             let batch = conn.queue.take();
+            for p in &batch.pongs {
+                w.control(OP_PONG, p);
+            }
             let taken = batch.msgs.len();
+            let closing = batch.close.is_some() || batch.close_reply.is_some();
             let (mut count, mut bytes, mut failed) = (0u64, 0u64, false);
-            for frame in batch.msgs {
-                // Straight into our buffer, not through tungstenite's (which
-                // would keep the capacity of the biggest frame forever).
-                if !out.push_binary(&frame) {
-                    // A close frame is already out (the client closed first).
-                    break;
+            for (i, frame) in batch.msgs.iter().enumerate() {
+                let more = closing || i + 1 < taken;
+                match w.binary(frame, more).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
                 }
                 count += 1;
                 bytes += frame.len() as u64;
-                if out.pending() >= flush_above && sink.flush().await.is_err() {
-                    failed = true;
-                    break;
-                }
             }
             metrics.hot.slot().written(taken, count, bytes);
             if failed {
@@ -501,14 +497,16 @@ fn write_loop(
             }
             if let Some(c) = batch.close {
                 debug!(code = c.code, reason = %c.reason, "sending close");
-                let frame = CloseFrame {
-                    code: CloseCode::from(c.code),
-                    reason: c.text.into(),
-                };
-                let _ = sink.send(WsMessage::Close(Some(frame))).await;
+                w.close(c.code, &c.text);
+                let _ = w.flush().await;
                 break;
             }
-            if sink.flush().await.is_err() {
+            if let Some(reply) = batch.close_reply {
+                w.control(OP_CLOSE, &reply);
+                let _ = w.flush().await;
+                break;
+            }
+            if w.flush().await.is_err() {
                 break;
             }
             conn.queue.sent();
@@ -516,26 +514,28 @@ fn write_loop(
                 break;
             }
         }
-        sink
+        w
     }
 }
 
-/// Ends the socket: sends what is still buffered (e.g. tungstenite's reply
-/// to the client's close frame, which it never flushes itself), then FIN.
-/// After a read error (`drain`), also reads and discards what the client
-/// still sends until it hangs up, `limit` passes or 64 MiB were thrown
-/// away, so the socket ends with FIN, not a reset that could eat our close.
-async fn finish_socket(mut ws: Socket, drain: bool, limit: Duration) {
+/// Ends the socket: FIN after what is buffered. After a read error
+/// (`drain`), also reads and discards what the client still sends until it
+/// hangs up, `limit` passes or 64 MiB were thrown away, so the socket ends
+/// with FIN, not a reset that could eat our close.
+async fn finish_socket(
+    mut read: ReadHalf,
+    mut w: FrameWriter<WriteHalf>,
+    drain: bool,
+    limit: Duration,
+) {
     let _ = tokio::time::timeout(limit, async {
-        let io = ws.get_mut();
-        let _ = io.shutdown().await;
+        let _ = w.shutdown().await;
         if !drain {
             return;
         }
-        let raw = io.get_mut();
         let mut buf = vec![0u8; 4096];
         let mut total = 0usize;
-        while let Ok(n) = raw.read(&mut buf).await {
+        while let Ok(n) = read.read(&mut buf).await {
             total += n;
             if n == 0 || total > 64 << 20 {
                 break;
