@@ -73,7 +73,7 @@ fn requests_replies_events_and_tables_come_from_ws_proto() {
         .iter()
         .map(|h| h["status"].as_i64().unwrap())
         .collect();
-    assert_eq!(statuses, [101, 400, 401, 403, 409, 426, 503]);
+    assert_eq!(statuses, [101, 400, 401, 403, 409, 426, 431, 503]);
     let closes: Vec<i64> = ch["x-close-codes"]
         .as_array()
         .unwrap()
