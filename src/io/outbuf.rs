@@ -19,6 +19,10 @@ pub(crate) const OP_CLOSE: u8 = 0x8;
 pub(crate) const OP_PING: u8 = 0x9;
 pub(crate) const OP_PONG: u8 = 0xa;
 
+/// A lone frame up to this size (header included) is copied to the stack
+/// and sent with one plain write (see `FrameWriter::write_out`).
+const SMALL_FRAME: usize = 512;
+
 /// Payloads from this size on are never copied into the buffer.
 const COPY_LIMIT: usize = 16 << 10;
 
@@ -124,6 +128,26 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Writes the buffer, then `head` and `payload`, in one vectored write
     /// when the stream allows; frees the buffer.
     async fn write_out(&mut self, head: &[u8], payload: &[u8]) -> io::Result<()> {
+        if self.out.is_empty() && !head.is_empty() && head.len() + payload.len() <= SMALL_FRAME {
+            // A lone small frame (a reply, an event): one plain write of a
+            // copy on the stack. The kernel's vectored write costs more
+            // per call than the copy, and nothing is allocated.
+            let n = std::future::poll_fn(|cx| {
+                let mut frame = [0u8; SMALL_FRAME];
+                let len = head.len() + payload.len();
+                frame[..head.len()].copy_from_slice(head);
+                frame[head.len()..len].copy_from_slice(payload);
+                std::pin::Pin::new(&mut self.io).poll_write(cx, &frame[..len])
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            // The rest of a short write, if any.
+            let (h, p) = (n.min(head.len()), n.saturating_sub(head.len()));
+            write_all_vectored(&mut self.io, [&[], &head[h..], &payload[p..]]).await?;
+            return self.io.flush().await;
+        }
         if !self.vectored && payload.len() < COPY_LIMIT {
             self.out.extend_from_slice(head);
             self.out.extend_from_slice(payload);
