@@ -21,7 +21,7 @@ pub(crate) const OP_PONG: u8 = 0xa;
 
 /// A lone frame up to this size (header included) is copied to the stack
 /// and sent with one plain write (see `FrameWriter::write_out`).
-const SMALL_FRAME: usize = 512;
+const SMALL_FRAME: usize = 256;
 
 /// Payloads from this size on are never copied into the buffer.
 const COPY_LIMIT: usize = 16 << 10;
@@ -143,9 +143,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            // The rest of a short write, if any.
-            let (h, p) = (n.min(head.len()), n.saturating_sub(head.len()));
-            write_all_vectored(&mut self.io, [&[], &head[h..], &payload[p..]]).await?;
+            if n < head.len() + payload.len() {
+                // The rest of a short write.
+                let (h, p) = (n.min(head.len()), n.saturating_sub(head.len()));
+                write_all_vectored(&mut self.io, [&[], &head[h..], &payload[p..]]).await?;
+            }
             return self.io.flush().await;
         }
         if !self.vectored && payload.len() < COPY_LIMIT {
