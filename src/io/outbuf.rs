@@ -6,6 +6,9 @@
 //! frame, and any big payload, is written together with that buffer in one
 //! vectored write (buffer, header, payload), so a payload is never copied
 //! just to be sent and several queued frames still leave in one syscall.
+//! A lone small frame (a reply, an event) is copied to the stack and sent
+//! with one plain write instead: the kernel's vectored path costs more per
+//! call than that copy.
 //! The buffer is freed after each write-out: an idle connection holds no
 //! write memory. A close frame is the last thing written (RFC 6455
 //! §5.5.1): after it, frames are refused.
