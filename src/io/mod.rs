@@ -14,3 +14,11 @@ pub(crate) mod transport;
 pub(crate) mod ws_read;
 
 pub use listener::bind;
+
+// WebSocket opcodes (RFC 6455 §5.2), for the read path and the writer.
+pub(crate) const OP_CONTINUATION: u8 = 0x0;
+pub(crate) const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PONG: u8 = 0xa;

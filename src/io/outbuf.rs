@@ -17,10 +17,7 @@ use std::io::{self, IoSlice};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-pub(crate) const OP_BINARY: u8 = 0x2;
-pub(crate) const OP_CLOSE: u8 = 0x8;
-pub(crate) const OP_PING: u8 = 0x9;
-pub(crate) const OP_PONG: u8 = 0xa;
+use super::{OP_BINARY, OP_CLOSE};
 
 /// A lone frame up to this size (header included) is copied to the stack
 /// and sent with one plain write (see `FrameWriter::write_out`).
@@ -206,6 +203,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 /// must see exactly those messages in order, and nothing after the close.
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn check_frames_parse_back(ops: &[u8]) {
+    use super::{OP_PING, OP_PONG};
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
@@ -361,6 +359,7 @@ pub(crate) fn check_frames_parse_back(ops: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::{OP_PING, OP_PONG};
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]

@@ -26,16 +26,11 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+
 /// The largest read into the stack buffer (the option `read_buffer_size`
 /// may make reads smaller, not larger).
 pub(crate) const STACK_READ: usize = 4096;
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xa;
 
 /// What the client sent: one complete message or control frame.
 #[derive(Debug, PartialEq, Eq)]
