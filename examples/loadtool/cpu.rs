@@ -37,10 +37,15 @@ pub(crate) fn parse_cpu_pid(s: &str) -> Result<(String, u32), String> {
     Ok((role.to_owned(), pid))
 }
 
-/// CPU time of `pid` in nanoseconds: per-thread schedstat when the kernel
-/// has it, else utime + stime (ticks).
-fn cpu_ns(pid: u32) -> Result<u64, String> {
-    schedstat_ns(pid).or_else(|_| ticks(pid).map(|t| t * (1_000_000_000 / TICKS_PER_S as u64)))
+/// CPU time of `pid` in nanoseconds, from the clock the meter chose once
+/// (so both ends of a window come from the same source): per-thread
+/// schedstat, or utime + stime (ticks) where the kernel has no schedstat.
+fn cpu_ns(pid: u32, schedstat: bool) -> Result<u64, String> {
+    if schedstat {
+        schedstat_ns(pid)
+    } else {
+        ticks(pid).map(|t| t * (1_000_000_000 / TICKS_PER_S as u64))
+    }
 }
 
 /// Sum of the first field of `/proc/PID/task/*/schedstat` (ns on a CPU).
@@ -98,6 +103,8 @@ struct Snapshot {
 #[derive(Clone, Default)]
 pub(crate) struct CpuMeter {
     pids: Arc<Vec<(String, u32)>>,
+    /// The clock: per-thread schedstat (ns), or, without it, ticks.
+    schedstat: bool,
     window: Arc<Mutex<(Option<Snapshot>, Option<Snapshot>)>>,
 }
 
@@ -108,6 +115,7 @@ impl CpuMeter {
         }
         CpuMeter {
             pids: Arc::new(pids),
+            schedstat: schedstat_ns(std::process::id()).is_ok(),
             window: Arc::default(),
         }
     }
@@ -116,7 +124,11 @@ impl CpuMeter {
         Snapshot {
             at: Instant::now(),
             wall: SystemTime::now(),
-            ns: self.pids.iter().map(|(_, pid)| cpu_ns(*pid)).collect(),
+            ns: self
+                .pids
+                .iter()
+                .map(|(_, pid)| cpu_ns(*pid, self.schedstat))
+                .collect(),
         }
     }
 
@@ -170,13 +182,13 @@ impl CpuMeter {
         out.insert("window_unix_s".into(), json!([unix(a.wall), unix(b.wall)]));
         out.insert("units".into(), json!(units));
         // Which clock: per-thread schedstat (ns) or, without it, 10 ms ticks.
-        let precise = self
-            .pids
-            .first()
-            .is_some_and(|(_, pid)| schedstat_ns(*pid).is_ok());
         out.insert(
             "source".into(),
-            json!(if precise { "schedstat" } else { "stat_ticks" }),
+            json!(if self.schedstat {
+                "schedstat"
+            } else {
+                "stat_ticks"
+            }),
         );
         for (role, us) in &roles {
             let us = us.as_f64().unwrap_or(0.0);
