@@ -103,13 +103,10 @@ pub fn inbound_frames(data: &[u8]) {
         }
         let sent = Message::decode(frame).ok();
         let frame = Bytes::copy_from_slice(frame);
-        w.rt.block_on(task::on_frame(
-            &w.inner,
-            &conn,
-            &handle,
-            &mut budgets,
-            frame,
-        ));
+        w.rt.block_on(
+            task::on_frame(&w.inner, &conn, &handle, &mut budgets, frame)
+                .run(&w.inner.hub().metrics),
+        );
         let batch = conn.queue.take();
         conn.queue.sent();
         let queued: Vec<Message> = batch.msgs.iter().map(decodes).collect();

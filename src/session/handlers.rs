@@ -45,22 +45,38 @@ impl Handlers {
         self.disconnect.add(Arc::new(move |c, r| f(c, r).boxed()))
     }
 
-    /// Runs every message handler in order; returns how many panicked.
-    pub async fn on_message(&self, conn: &Conn, msg: Message) -> u64 {
+    /// Calls the message handlers with `msg`, up to their first await. With
+    /// one handler (the usual case) what is left is that handler's own
+    /// future, awaited as is: a message costs no allocation or copy of a
+    /// future here. With several, they run one after the other in
+    /// subscription order, each isolated from panics; the last gets the
+    /// message itself and the others a clone (cheap: the payload is shared
+    /// `Bytes`).
+    pub fn call(&self, conn: &Conn, msg: Message) -> Called {
         let list = self.message.snapshot();
-        let mut panics = 0;
-        let n = list.len();
-        let mut msg = Some(msg);
-        for (i, (_, h)) in list.iter().enumerate() {
-            // The last handler gets the message itself, the others a clone
-            // (cheap: the payload is shared `Bytes`).
-            let m = if i + 1 == n { msg.take() } else { msg.clone() };
-            let Some(m) = m else { break };
-            if !run_isolated(|| h(conn.clone(), m)).await {
-                panics += 1;
+        match list.as_slice() {
+            [] => Called::Done(0),
+            [(_, h)] => match call_isolated(|| h(conn.clone(), msg)) {
+                Some(fut) => Called::One(fut),
+                None => Called::Done(1),
+            },
+            _ => {
+                let conn = conn.clone();
+                Called::Many(Box::pin(async move {
+                    let mut panics = 0;
+                    let n = list.len();
+                    let mut msg = Some(msg);
+                    for (i, (_, h)) in list.iter().enumerate() {
+                        let m = if i + 1 == n { msg.take() } else { msg.clone() };
+                        let Some(m) = m else { break };
+                        if !run_isolated(|| h(conn.clone(), m)).await {
+                            panics += 1;
+                        }
+                    }
+                    panics
+                }))
             }
         }
-        panics
     }
 
     /// Runs every disconnect handler in order; returns how many panicked.
@@ -76,16 +92,51 @@ impl Handlers {
     }
 }
 
+/// What calling the message handlers left to await (see
+/// [`Handlers::call`]).
+pub(crate) enum Called {
+    /// Nothing: there are no handlers, or the only one panicked when called
+    /// (the count of panics).
+    Done(u64),
+    /// The only handler's future.
+    One(BoxFuture<'static, ()>),
+    /// Several handlers, run in order; the future returns how many panicked.
+    Many(BoxFuture<'static, u64>),
+}
+
+impl Called {
+    /// Awaits the handlers; returns how many panicked.
+    pub async fn finish(self) -> u64 {
+        match self {
+            Called::Done(panics) => panics,
+            Called::One(fut) => u64::from(!await_isolated(fut).await),
+            Called::Many(fut) => fut.await,
+        }
+    }
+}
+
 /// Calls a handler and awaits its future, catching a panic in either.
 /// Returns `false` when it panicked.
 async fn run_isolated(call: impl FnOnce() -> BoxFuture<'static, ()>) -> bool {
-    let fut = match std::panic::catch_unwind(AssertUnwindSafe(call)) {
-        Ok(f) => f,
+    match call_isolated(call) {
+        Some(fut) => await_isolated(fut).await,
+        None => false,
+    }
+}
+
+/// Calls a handler, catching a panic in the call (logged; `None`).
+fn call_isolated(call: impl FnOnce() -> BoxFuture<'static, ()>) -> Option<BoxFuture<'static, ()>> {
+    match std::panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(fut) => Some(fut),
         Err(p) => {
             tracing::error!(panic = panic_text(&*p), "handler panicked");
-            return false;
+            None
         }
-    };
+    }
+}
+
+/// Awaits a handler's future, catching a panic (logged; `false`).
+async fn await_isolated(fut: BoxFuture<'static, ()>) -> bool {
     match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(()) => true,
         Err(p) => {

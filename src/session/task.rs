@@ -19,20 +19,23 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use hyper::upgrade::OnUpgrade;
 use tokio::io::AsyncReadExt;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::budget::Inbound;
 use super::control;
+use super::handlers::Called;
 use super::Endpoint;
 use crate::conn::{Conn, Connection};
 use crate::io::outbuf::FrameWriter;
@@ -208,89 +211,40 @@ async fn read_loop(
     conn: &Arc<Connection>,
 ) -> Exit {
     let o = &inner.hub().options;
-    let (idle, close_timeout, grace) = (o.idle_timeout, o.close_timeout, o.slow_consumer_grace);
     let handle = Conn(conn.clone());
     let mut budgets = Budgets::default();
-    let mut last_seen = Instant::now();
-    let mut closing_until: Option<Instant> = None;
-    let sleep = tokio::time::sleep_until(last_seen + idle);
+    let mut watch = Watch::new(o.idle_timeout, o.close_timeout, o.slow_consumer_grace);
+    let sleep = tokio::time::sleep_until(watch.last_seen + watch.idle);
     tokio::pin!(sleep);
-    // The slow-consumer watch: since when the send queue is over its
-    // limits; its grace period ends at `since + grace`. It shares the one
-    // timer (a second would cost every idle connection its size).
-    let mut over_since: Option<Instant> = None;
     loop {
+        // The timer is polled last: while frames keep arriving it is not
+        // polled at all, and a frame that arrives after its deadline acts
+        // on it (a client that never stops sending still meets the close
+        // timeout and the slow-consumer grace).
         tokio::select! {
             biased;
             () = conn.reader_wake.notified() => {
                 if inner.cut.is_cancelled() {
                     return Exit::Forced;
                 }
-                if closing_until.is_none() && conn.queue.is_closing() {
-                    if conn.queue.close_reason() == Some(DisconnectReason::SlowConsumer) {
-                        // Here, in the slow client's span, not the sender's.
-                        warn!("slow consumer: send queue over its limits, closing with 4003");
-                    }
-                    let until = Instant::now() + close_timeout;
-                    closing_until = Some(until);
-                    sleep.as_mut().reset(until);
-                }
-                if over_since.is_none() && closing_until.is_none() {
-                    if let Some(since) = conn.queue.over_since() {
-                        over_since = Some(since);
-                        if since + grace < sleep.deadline() {
-                            sleep.as_mut().reset(since + grace);
-                        }
-                    }
-                }
-            }
-            () = &mut sleep => {
-                let now = Instant::now();
-                if let Some(watched) = over_since.filter(|s| closing_until.is_none() && now >= *s + grace) {
-                    over_since = None;
-                    match conn.queue.over_since() {
-                        // Over the limits all along: a slow consumer.
-                        Some(since) if since == watched && conn.queue.close_if_over_since(since) => {
-                            conn.reader_wake.notify_one();
-                        }
-                        Some(since) if since != watched => over_since = Some(since),
-                        _ => {}
-                    }
-                }
-                if let Some(until) = closing_until {
-                    if now >= until {
-                        debug!("close timeout: dropping the connection");
-                        return Exit::Forced;
-                    }
-                    sleep.as_mut().reset(until);
-                } else if now >= last_seen + idle {
-                    info!(idle_ms = idle.as_millis() as u64, "idle timeout: closing with 4000");
-                    conn.request_close(CloseRequest::new(
-                        code::IDLE_TIMEOUT,
-                        "idle timeout",
-                        DisconnectReason::IdleTimeout,
-                    ));
-                    sleep.as_mut().reset(now + close_timeout);
-                } else {
-                    sleep.as_mut().reset(last_seen + idle);
-                }
-                if let Some(at) = over_since.filter(|_| closing_until.is_none()).map(|s| s + grace) {
-                    if at < sleep.deadline() {
-                        sleep.as_mut().reset(at);
-                    }
-                }
+                watch.woken(conn, sleep.as_mut());
             }
             item = std::future::poll_fn(|cx| frames.poll_next(cx, read)) => {
-                last_seen = Instant::now();
+                let now = Instant::now();
+                watch.last_seen = now;
+                if now >= sleep.deadline() {
+                    if let Some(exit) = watch.expired(now, conn, sleep.as_mut()) {
+                        return exit;
+                    }
+                }
                 match item {
                     Ok(Incoming::Binary(frame)) => {
                         if conn.queue.is_closing() {
                             continue;
                         }
-                        // Boxed: a decoded message and its handling never
-                        // live in the connection task's own state, which
-                        // every idle connection pays for.
-                        Box::pin(on_frame(inner, conn, &handle, &mut budgets, frame)).await;
+                        on_frame(inner, conn, &handle, &mut budgets, frame)
+                            .run(&inner.hub().metrics)
+                            .await;
                     }
                     Ok(Incoming::Text) => {
                         protocol_close(
@@ -330,7 +284,121 @@ async fn read_loop(
                     }
                 }
             }
+            () = &mut sleep => {
+                if let Some(exit) = watch.expired(Instant::now(), conn, sleep.as_mut()) {
+                    return exit;
+                }
+            }
         }
+    }
+}
+
+/// What the reader's one timer watches (a second timer would cost every
+/// idle connection its size): the idle timeout, the close timeout once a
+/// close was requested, and the slow-consumer grace period.
+struct Watch {
+    idle: Duration,
+    close_timeout: Duration,
+    grace: Duration,
+    /// When the last frame arrived.
+    last_seen: Instant,
+    /// Set when a close was requested: the client's answer is awaited
+    /// until then.
+    closing_until: Option<Instant>,
+    /// Since when the send queue is over its limits; its grace period ends
+    /// at `since + grace`.
+    over_since: Option<Instant>,
+}
+
+impl Watch {
+    fn new(idle: Duration, close_timeout: Duration, grace: Duration) -> Self {
+        Watch {
+            idle,
+            close_timeout,
+            grace,
+            last_seen: Instant::now(),
+            closing_until: None,
+            over_since: None,
+        }
+    }
+
+    /// The reader was woken: a close was requested, or the send queue went
+    /// over its limits. Brings the deadline forward accordingly.
+    fn woken(&mut self, conn: &Connection, mut sleep: Pin<&mut Sleep>) {
+        if self.closing_until.is_none() && conn.queue.is_closing() {
+            if conn.queue.close_reason() == Some(DisconnectReason::SlowConsumer) {
+                // Here, in the slow client's span, not the sender's.
+                warn!("slow consumer: send queue over its limits, closing with 4003");
+            }
+            let until = Instant::now() + self.close_timeout;
+            self.closing_until = Some(until);
+            sleep.as_mut().reset(until);
+        }
+        if self.over_since.is_none() && self.closing_until.is_none() {
+            if let Some(since) = conn.queue.over_since() {
+                self.over_since = Some(since);
+                if since + self.grace < sleep.deadline() {
+                    sleep.as_mut().reset(since + self.grace);
+                }
+            }
+        }
+    }
+
+    /// The deadline passed (it is `now`): closes a slow consumer whose
+    /// grace is over, stops after the close timeout, closes an idle
+    /// connection; then sets the next deadline. `Some` when the reader
+    /// must stop.
+    fn expired(
+        &mut self,
+        now: Instant,
+        conn: &Connection,
+        mut sleep: Pin<&mut Sleep>,
+    ) -> Option<Exit> {
+        let grace = self.grace;
+        if let Some(watched) = self
+            .over_since
+            .filter(|s| self.closing_until.is_none() && now >= *s + grace)
+        {
+            self.over_since = None;
+            match conn.queue.over_since() {
+                // Over the limits all along: a slow consumer.
+                Some(since) if since == watched && conn.queue.close_if_over_since(since) => {
+                    conn.reader_wake.notify_one();
+                }
+                Some(since) if since != watched => self.over_since = Some(since),
+                _ => {}
+            }
+        }
+        if let Some(until) = self.closing_until {
+            if now >= until {
+                debug!("close timeout: dropping the connection");
+                return Some(Exit::Forced);
+            }
+            sleep.as_mut().reset(until);
+        } else if now >= self.last_seen + self.idle {
+            info!(
+                idle_ms = self.idle.as_millis() as u64,
+                "idle timeout: closing with 4000"
+            );
+            conn.request_close(CloseRequest::new(
+                code::IDLE_TIMEOUT,
+                "idle timeout",
+                DisconnectReason::IdleTimeout,
+            ));
+            sleep.as_mut().reset(now + self.close_timeout);
+        } else {
+            sleep.as_mut().reset(self.last_seen + self.idle);
+        }
+        if let Some(at) = self
+            .over_since
+            .filter(|_| self.closing_until.is_none())
+            .map(|s| s + grace)
+        {
+            if at < sleep.deadline() {
+                sleep.as_mut().reset(at);
+            }
+        }
+        None
     }
 }
 
@@ -341,25 +409,28 @@ pub(crate) struct Budgets {
     inbound: Inbound,
 }
 
-/// One binary frame: the cost rule and the inbound budget (both before
-/// decoding), decode, then the module's request handling or the
-/// application's message handlers.
-pub(crate) async fn on_frame(
-    inner: &Arc<Endpoint>,
+/// One binary frame, up to its first await: the cost rule and the inbound
+/// budget (both before decoding), decode, then the module's request
+/// handling or the application's message handlers. What is left to await
+/// is returned ([`Work::run`]). A message for the application's message
+/// handlers is passed to them without being moved into a future of its
+/// own: the only allocation on that path is the handler's future.
+pub(crate) fn on_frame<'a>(
+    inner: &'a Arc<Endpoint>,
     conn: &Arc<Connection>,
-    handle: &Conn,
-    budgets: &mut Budgets,
+    handle: &'a Conn,
+    budgets: &'a mut Budgets,
     frame: Bytes,
-) {
+) -> Work<'a> {
     let m = &inner.hub().metrics;
-    // This thread's counters: not kept across the awaits below.
+    // This thread's counters: not kept across an await.
     let slot = m.hot.slot();
     slot.received(frame.len());
     let started = slot.sample().then(Instant::now);
     if inner.anonymous_echo {
         // The conformance test mode: the frame goes back as it came.
         let _ = conn.push(frame);
-        return;
+        return Work::DONE;
     }
     let o = &inner.hub().options;
     let limits = cost::Limits::new(
@@ -372,7 +443,7 @@ pub(crate) async fn on_frame(
         Err(cost::Refused::Over(what)) => {
             m.messages_over_entry_limits.fetch_add(1, Ordering::Relaxed);
             protocol_close(conn, code::MESSAGE_TOO_BIG, what, &what);
-            return;
+            return Work::DONE;
         }
         Err(cost::Refused::Malformed) => {
             protocol_close(
@@ -381,7 +452,7 @@ pub(crate) async fn on_frame(
                 "invalid edk.ws.v1.Message",
                 &"malformed protobuf",
             );
-            return;
+            return Work::DONE;
         }
     };
     if !budgets.inbound.allow(o, frame.len()) {
@@ -398,33 +469,74 @@ pub(crate) async fn on_frame(
             m.inbound_dropped.fetch_add(1, Ordering::Relaxed);
         }
         debug!(bytes = frame.len(), "over the inbound budget");
-        return;
+        return Work::DONE;
     }
-    match codec::decode_inbound(frame, conn.user_id()) {
-        Ok(msg) => {
-            debug!(id = %msg.id, r#type = %msg.r#type, room = %msg.room, "message");
-            let kind = if control::is_request(&msg) {
-                // Boxed: a request's handling (hub, backplane) is a large
-                // future; inline, every message would pay for moving it
-                // (the read loop boxes this whole function's future).
-                Box::pin(control::handle(inner, handle, &mut budgets.requests, msg)).await;
-                Handling::Request
-            } else if let Some(route) = inner.routes.get(&msg.r#type) {
-                route.handle(inner, handle, msg).await;
-                Handling::Route
-            } else {
-                let panics = inner.handlers.on_message(handle, msg).await;
-                if panics > 0 {
-                    m.handler_panics.fetch_add(panics, Ordering::Relaxed);
-                }
-                Handling::Handlers
-            };
-            if let Some(t) = started {
-                m.hot.slot().handled(kind, t.elapsed());
-            }
-        }
+    let msg = match codec::decode_inbound(frame, conn.user_id()) {
+        Ok(msg) => msg,
         Err(e) => {
             protocol_close(conn, code::INVALID_PAYLOAD, "invalid edk.ws.v1.Message", &e);
+            return Work::DONE;
+        }
+    };
+    debug!(id = %msg.id, r#type = %msg.r#type, room = %msg.room, "message");
+    let job = if control::is_request(&msg) {
+        // Boxed: a request's handling (hub, backplane) is a large future;
+        // inline, every connection's task would be that much larger.
+        Job::Boxed(
+            Box::pin(control::handle(inner, handle, &mut budgets.requests, msg)),
+            Handling::Request,
+        )
+    } else if let Some(route) = inner.routes.get(&msg.r#type) {
+        Job::Boxed(
+            Box::pin(async move { route.handle(inner, handle, msg).await }),
+            Handling::Route,
+        )
+    } else {
+        Job::Handlers(inner.handlers.call(handle, msg))
+    };
+    Work { job, started }
+}
+
+/// What a frame left to await after [`on_frame`]: kept small, as it is part
+/// of every connection task's state.
+pub(crate) struct Work<'a> {
+    job: Job<'a>,
+    /// When the message arrived, for the sampled handling durations.
+    started: Option<Instant>,
+}
+
+enum Job<'a> {
+    None,
+    /// The application's message handlers.
+    Handlers(Called),
+    /// A module request or a typed route.
+    Boxed(BoxFuture<'a, ()>, Handling),
+}
+
+impl<'a> Work<'a> {
+    const DONE: Work<'static> = Work {
+        job: Job::None,
+        started: None,
+    };
+
+    /// Awaits what is left of the frame's handling.
+    pub async fn run(self, metrics: &Metrics) {
+        let kind = match self.job {
+            Job::None => return,
+            Job::Handlers(called) => {
+                let panics = called.finish().await;
+                if panics > 0 {
+                    metrics.handler_panics.fetch_add(panics, Ordering::Relaxed);
+                }
+                Handling::Handlers
+            }
+            Job::Boxed(fut, kind) => {
+                fut.await;
+                kind
+            }
+        };
+        if let Some(t) = self.started {
+            metrics.hot.slot().handled(kind, t.elapsed());
         }
     }
 }
@@ -559,4 +671,89 @@ async fn finish(inner: &Arc<Endpoint>, conn: &Arc<Connection>, reason: Disconnec
         metrics.handler_panics.fetch_add(panics, Ordering::Relaxed);
     }
     metrics.connections_now.fetch_sub(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+    use crate::conn::QueueLimits;
+    use http::HeaderMap;
+
+    const IDLE: Duration = Duration::from_secs(60);
+    const CLOSE: Duration = Duration::from_secs(5);
+    const GRACE: Duration = Duration::from_secs(2);
+
+    fn conn() -> Connection {
+        let limits = QueueLimits {
+            messages: 2,
+            bytes: 1 << 20,
+            hard_messages: 8,
+            hard_bytes: 1 << 20,
+        };
+        Connection::new(
+            1,
+            1,
+            "u".into(),
+            HeaderMap::new(),
+            None,
+            limits,
+            Default::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_frame_after_the_deadline_is_activity_not_idleness() {
+        let (c, mut w) = (conn(), Watch::new(IDLE, CLOSE, GRACE));
+        let sleep = tokio::time::sleep_until(w.last_seen + IDLE);
+        tokio::pin!(sleep);
+        // What the reader does with a frame that arrives past the deadline.
+        let now = w.last_seen + IDLE + Duration::from_millis(1);
+        w.last_seen = now;
+        assert!(w.expired(now, &c, sleep.as_mut()).is_none());
+        assert!(!c.is_closing());
+        assert_eq!(sleep.deadline(), now + IDLE);
+    }
+
+    #[tokio::test]
+    async fn no_frame_until_the_deadline_closes_with_4000() {
+        let (c, mut w) = (conn(), Watch::new(IDLE, CLOSE, GRACE));
+        let sleep = tokio::time::sleep_until(w.last_seen + IDLE);
+        tokio::pin!(sleep);
+        let now = w.last_seen + IDLE;
+        assert!(w.expired(now, &c, sleep.as_mut()).is_none());
+        assert_eq!(c.queue.close_reason(), Some(DisconnectReason::IdleTimeout));
+        assert_eq!(sleep.deadline(), now + CLOSE);
+    }
+
+    #[tokio::test]
+    async fn after_a_close_request_the_close_timeout_ends_reading() {
+        let (c, mut w) = (conn(), Watch::new(IDLE, CLOSE, GRACE));
+        let sleep = tokio::time::sleep_until(w.last_seen + IDLE);
+        tokio::pin!(sleep);
+        c.request_close(CloseRequest::new(4002, "kicked", DisconnectReason::Kicked));
+        w.woken(&c, sleep.as_mut());
+        let until = w.closing_until.expect("close timeout armed");
+        assert_eq!(sleep.deadline(), until);
+        // A frame arriving just before the timeout does not stop it, nor
+        // push it back (frames keep arriving from a client that floods).
+        w.last_seen = until - Duration::from_millis(1);
+        assert!(w.expired(w.last_seen, &c, sleep.as_mut()).is_none());
+        assert_eq!(sleep.deadline(), until);
+        assert_eq!(w.expired(until, &c, sleep.as_mut()), Some(Exit::Forced));
+    }
+
+    #[tokio::test]
+    async fn a_queue_over_its_limits_past_the_grace_closes_with_4003() {
+        let (c, mut w) = (conn(), Watch::new(IDLE, CLOSE, GRACE));
+        let sleep = tokio::time::sleep_until(w.last_seen + IDLE);
+        tokio::pin!(sleep);
+        for _ in 0..3 {
+            let _ = c.queue.push(Bytes::from_static(b"x"));
+        }
+        let since = c.queue.over_since().expect("over the soft limit");
+        w.woken(&c, sleep.as_mut());
+        assert_eq!(sleep.deadline(), since + GRACE);
+        assert!(w.expired(since + GRACE, &c, sleep.as_mut()).is_none());
+        assert_eq!(c.queue.close_reason(), Some(DisconnectReason::SlowConsumer));
+    }
 }
