@@ -37,7 +37,7 @@
 //!    and exactly one reply per request id; a message whose `type` has a
 //!    typed route goes to `session/routes.rs` (decoded as the app's prost
 //!    type, answered with the same id); any other message goes to
-//! 5. `session/handlers.rs` — `on_message`: the application's handlers, in
+//! 5. `session/handlers.rs` — `call`: the application's handlers, in
 //!    subscription order, each isolated from panics.
 //!
 //! The protocol's reference is `proto/ws.proto`; [`WsClient::asyncapi`]
