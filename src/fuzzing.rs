@@ -103,10 +103,13 @@ pub fn inbound_frames(data: &[u8]) {
         }
         let sent = Message::decode(frame).ok();
         let frame = Bytes::copy_from_slice(frame);
-        w.rt.block_on(
-            task::on_frame(&w.inner, &conn, &handle, &mut budgets, frame)
-                .run(&w.inner.hub().metrics),
-        );
+        w.rt.block_on(task::on_frame(
+            &w.inner,
+            &conn,
+            &handle,
+            &mut budgets,
+            frame,
+        ));
         let batch = conn.queue.take();
         conn.queue.sent();
         let queued: Vec<Message> = batch.msgs.iter().map(decodes).collect();

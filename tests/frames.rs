@@ -260,6 +260,38 @@ async fn panicking_handlers_are_caught_and_counted() {
     round_trip(&mut ws, "alice-last").await;
 }
 
+/// With a single message handler, its future is awaited without a wrapper
+/// of the module's own: a panic must still be caught and counted there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_panicking_handler_is_caught_and_counted() {
+    let srv = TestServer::start_with(Options::default(), |c| {
+        c.subscribe_message_handler(|conn, m: Message| {
+            if m.r#type == "panic-sync" {
+                panic!("test: panic in the handler body");
+            }
+            async move {
+                if m.r#type == "panic-async" {
+                    tokio::task::yield_now().await;
+                    panic!("test: panic in the handler future");
+                }
+                conn.send(m).expect("echo send failed");
+            }
+        });
+    })
+    .await;
+
+    let mut ws = srv.connect("alice").await;
+    send(&mut ws, &msg("p1", "panic-sync", b"")).await;
+    round_trip(&mut ws, "after-sync").await;
+    send(&mut ws, &msg("p2", "panic-async", b"")).await;
+    round_trip(&mut ws, "after-async").await;
+    srv.wait_until("two handler panics", |c| c.metrics().handler_panics >= 2)
+        .await;
+    assert_eq!(srv.client.metrics().handler_panics, 2);
+    assert!(srv.client.is_connected("alice"));
+    round_trip(&mut ws, "alice-last").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_is_overwritten_and_timestamp_stamped() {
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();

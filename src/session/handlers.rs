@@ -3,7 +3,9 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -93,24 +95,38 @@ impl Handlers {
 }
 
 /// What calling the message handlers left to await (see
-/// [`Handlers::call`]).
+/// [`Handlers::call`]): a future returning how many handlers panicked. It
+/// is a plain enum, not an `async` block, so that awaiting it adds little
+/// to the state of the connection's task.
 pub(crate) enum Called {
     /// Nothing: there are no handlers, or the only one panicked when called
     /// (the count of panics).
     Done(u64),
-    /// The only handler's future.
+    /// The only handler's future; a panic in it is caught.
     One(BoxFuture<'static, ()>),
     /// Several handlers, run in order; the future returns how many panicked.
     Many(BoxFuture<'static, u64>),
 }
 
-impl Called {
-    /// Awaits the handlers; returns how many panicked.
-    pub async fn finish(self) -> u64 {
-        match self {
-            Called::Done(panics) => panics,
-            Called::One(fut) => u64::from(!await_isolated(fut).await),
-            Called::Many(fut) => fut.await,
+impl Future for Called {
+    type Output = u64;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u64> {
+        match &mut *self {
+            Called::Done(panics) => Poll::Ready(*panics),
+            Called::One(fut) => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => Poll::Pending,
+                    Ok(Poll::Ready(())) => Poll::Ready(0),
+                    Err(p) => {
+                        tracing::error!(panic = panic_text(&*p), "handler panicked");
+                        // Never polled again: it panicked.
+                        *self = Called::Done(1);
+                        Poll::Ready(1)
+                    }
+                }
+            }
+            Called::Many(fut) => fut.as_mut().poll(cx),
         }
     }
 }

@@ -22,6 +22,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -221,75 +222,83 @@ async fn read_loop(
         // polled at all, and a frame that arrives after its deadline acts
         // on it (a client that never stops sending still meets the close
         // timeout and the slow-consumer grace).
-        tokio::select! {
+        let item = tokio::select! {
             biased;
             () = conn.reader_wake.notified() => {
                 if inner.cut.is_cancelled() {
                     return Exit::Forced;
                 }
                 watch.woken(conn, sleep.as_mut());
+                continue;
             }
-            item = std::future::poll_fn(|cx| frames.poll_next(cx, read)) => {
-                let now = Instant::now();
-                watch.last_seen = now;
-                if now >= sleep.deadline() {
-                    if let Some(exit) = watch.expired(now, conn, sleep.as_mut()) {
-                        return exit;
-                    }
-                }
-                match item {
-                    Ok(Incoming::Binary(frame)) => {
-                        if conn.queue.is_closing() {
-                            continue;
-                        }
-                        on_frame(inner, conn, &handle, &mut budgets, frame)
-                            .run(&inner.hub().metrics)
-                            .await;
-                    }
-                    Ok(Incoming::Text) => {
-                        protocol_close(
-                            conn,
-                            code::UNSUPPORTED_DATA,
-                            "text frames are not supported; send binary edk.ws.v1.Message",
-                            &"text frame",
-                        );
-                    }
-                    Ok(Incoming::Ping(payload)) => conn.queue.pong(payload),
-                    Ok(Incoming::Pong) => {}
-                    Ok(Incoming::Close { code, reply }) => {
-                        debug!(?code, "client sent close");
-                        // The writer answers (after what it took) unless
-                        // the server's own close frame goes first.
-                        conn.queue.client_closed(reply);
-                        return Exit::Clean;
-                    }
-                    Err(ReadError::Io(_)) => return Exit::Clean,
-                    Err(ReadError::Eof) => {
-                        // The client went away without a close frame: it
-                        // closed, it did not break the protocol.
-                        debug!("the client vanished without a close frame");
-                        return Exit::Clean;
-                    }
-                    Err(e @ ReadError::TooBig { .. }) => {
-                        protocol_close(conn, code::MESSAGE_TOO_BIG, "message too big", &e);
-                        return Exit::Drain;
-                    }
-                    Err(ReadError::Utf8) => {
-                        protocol_close(conn, code::INVALID_PAYLOAD, "invalid UTF-8", &"text frame");
-                        return Exit::Drain;
-                    }
-                    Err(e @ ReadError::Protocol(_)) => {
-                        protocol_close(conn, code::PROTOCOL_ERROR, "protocol error", &e);
-                        return Exit::Drain;
-                    }
-                }
-            }
+            item = std::future::poll_fn(|cx| frames.poll_next(cx, read)) => item,
             () = &mut sleep => {
                 if let Some(exit) = watch.expired(Instant::now(), conn, sleep.as_mut()) {
                     return exit;
                 }
+                continue;
+            }
+        };
+        {
+            let now = Instant::now();
+            watch.last_seen = now;
+            if now >= sleep.deadline() {
+                if let Some(exit) = watch.expired(now, conn, sleep.as_mut()) {
+                    return exit;
+                }
             }
         }
+        // Only `work` is kept across the await below: this loop's state is
+        // part of every connection's task for its whole life.
+        let work = match item {
+            Ok(Incoming::Binary(frame)) => {
+                if conn.queue.is_closing() {
+                    continue;
+                }
+                on_frame(inner, conn, &handle, &mut budgets, frame)
+            }
+            Ok(Incoming::Text) => {
+                protocol_close(
+                    conn,
+                    code::UNSUPPORTED_DATA,
+                    "text frames are not supported; send binary edk.ws.v1.Message",
+                    &"text frame",
+                );
+                continue;
+            }
+            Ok(Incoming::Ping(payload)) => {
+                conn.queue.pong(payload);
+                continue;
+            }
+            Ok(Incoming::Pong) => continue,
+            Ok(Incoming::Close { code, reply }) => {
+                debug!(?code, "client sent close");
+                // The writer answers (after what it took) unless the
+                // server's own close frame goes first.
+                conn.queue.client_closed(reply);
+                return Exit::Clean;
+            }
+            Err(ReadError::Io(_)) => return Exit::Clean,
+            Err(ReadError::Eof) => {
+                // The client went away without a close frame: it closed,
+                // it did not break the protocol.
+                debug!("the client vanished without a close frame");
+                return Exit::Clean;
+            }
+            Err(e @ ReadError::TooBig { .. }) => {
+                protocol_close(conn, code::MESSAGE_TOO_BIG, "message too big", &e);
+                return Exit::Drain;
+            }
+            Err(ReadError::Utf8) => {
+                protocol_close(conn, code::INVALID_PAYLOAD, "invalid UTF-8", &"text frame");
+                return Exit::Drain;
+            }
+            Err(e @ ReadError::Protocol(_)) => {
+                protocol_close(conn, code::PROTOCOL_ERROR, "protocol error", &e);
+                return Exit::Drain;
+            }
+        };
+        work.await;
     }
 }
 
@@ -412,7 +421,7 @@ pub(crate) struct Budgets {
 /// One binary frame, up to its first await: the cost rule and the inbound
 /// budget (both before decoding), decode, then the module's request
 /// handling or the application's message handlers. What is left to await
-/// is returned ([`Work::run`]). A message for the application's message
+/// is returned, a future ([`Work`]). A message for the application's message
 /// handlers is passed to them without being moved into a future of its
 /// own: the only allocation on that path is the handler's future.
 pub(crate) fn on_frame<'a>(
@@ -430,7 +439,7 @@ pub(crate) fn on_frame<'a>(
     if inner.anonymous_echo {
         // The conformance test mode: the frame goes back as it came.
         let _ = conn.push(frame);
-        return Work::DONE;
+        return Work::Done;
     }
     let o = &inner.hub().options;
     let limits = cost::Limits::new(
@@ -443,7 +452,7 @@ pub(crate) fn on_frame<'a>(
         Err(cost::Refused::Over(what)) => {
             m.messages_over_entry_limits.fetch_add(1, Ordering::Relaxed);
             protocol_close(conn, code::MESSAGE_TOO_BIG, what, &what);
-            return Work::DONE;
+            return Work::Done;
         }
         Err(cost::Refused::Malformed) => {
             protocol_close(
@@ -452,7 +461,7 @@ pub(crate) fn on_frame<'a>(
                 "invalid edk.ws.v1.Message",
                 &"malformed protobuf",
             );
-            return Work::DONE;
+            return Work::Done;
         }
     };
     if !budgets.inbound.allow(o, frame.len()) {
@@ -469,74 +478,78 @@ pub(crate) fn on_frame<'a>(
             m.inbound_dropped.fetch_add(1, Ordering::Relaxed);
         }
         debug!(bytes = frame.len(), "over the inbound budget");
-        return Work::DONE;
+        return Work::Done;
     }
     let msg = match codec::decode_inbound(frame, conn.user_id()) {
         Ok(msg) => msg,
         Err(e) => {
             protocol_close(conn, code::INVALID_PAYLOAD, "invalid edk.ws.v1.Message", &e);
-            return Work::DONE;
+            return Work::Done;
         }
     };
     debug!(id = %msg.id, r#type = %msg.r#type, room = %msg.room, "message");
-    let job = if control::is_request(&msg) {
+    let (work, kind) = if control::is_request(&msg) {
         // Boxed: a request's handling (hub, backplane) is a large future;
         // inline, every connection's task would be that much larger.
-        Job::Boxed(
-            Box::pin(control::handle(inner, handle, &mut budgets.requests, msg)),
+        (
+            Work::Boxed(Box::pin(control::handle(
+                inner,
+                handle,
+                &mut budgets.requests,
+                msg,
+            ))),
             Handling::Request,
         )
     } else if let Some(route) = inner.routes.get(&msg.r#type) {
-        Job::Boxed(
-            Box::pin(async move { route.handle(inner, handle, msg).await }),
+        (
+            Work::Boxed(Box::pin(
+                async move { route.handle(inner, handle, msg).await },
+            )),
             Handling::Route,
         )
     } else {
-        Job::Handlers(inner.handlers.call(handle, msg))
+        (
+            Work::Handlers(inner.handlers.call(handle, msg), m),
+            Handling::Handlers,
+        )
     };
-    Work { job, started }
+    match started {
+        None => work,
+        // A sampled message (one in `SAMPLE_EVERY`): timed in a box of its
+        // own, so that no other message carries the start time.
+        Some(t) => Work::Boxed(Box::pin(async move {
+            work.await;
+            m.hot.slot().handled(kind, t.elapsed());
+        })),
+    }
 }
 
-/// What a frame left to await after [`on_frame`]: kept small, as it is part
-/// of every connection task's state.
-pub(crate) struct Work<'a> {
-    job: Job<'a>,
-    /// When the message arrived, for the sampled handling durations.
-    started: Option<Instant>,
+/// What a frame left to await after [`on_frame`]. Kept small (no start
+/// time, no `async` state), as the reader's state, which every connection
+/// keeps for its whole life, has room for it.
+pub(crate) enum Work<'a> {
+    Done,
+    /// The application's message handlers; panics are counted.
+    Handlers(Called, &'a Metrics),
+    /// A module request, a typed route, or a sampled message.
+    Boxed(BoxFuture<'a, ()>),
 }
 
-enum Job<'a> {
-    None,
-    /// The application's message handlers.
-    Handlers(Called),
-    /// A module request or a typed route.
-    Boxed(BoxFuture<'a, ()>, Handling),
-}
+impl Future for Work<'_> {
+    type Output = ();
 
-impl<'a> Work<'a> {
-    const DONE: Work<'static> = Work {
-        job: Job::None,
-        started: None,
-    };
-
-    /// Awaits what is left of the frame's handling.
-    pub async fn run(self, metrics: &Metrics) {
-        let kind = match self.job {
-            Job::None => return,
-            Job::Handlers(called) => {
-                let panics = called.finish().await;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut *self {
+            Work::Done => Poll::Ready(()),
+            Work::Handlers(called, metrics) => {
+                let panics = ready!(Pin::new(called).poll(cx));
                 if panics > 0 {
                     metrics.handler_panics.fetch_add(panics, Ordering::Relaxed);
                 }
-                Handling::Handlers
+                *self = Work::Done;
+                Poll::Ready(())
             }
-            Job::Boxed(fut, kind) => {
-                fut.await;
-                kind
-            }
-        };
-        if let Some(t) = self.started {
-            metrics.hot.slot().handled(kind, t.elapsed());
+            Work::Boxed(fut) => fut.as_mut().poll(cx),
         }
     }
 }
