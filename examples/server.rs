@@ -125,32 +125,35 @@ async fn main() -> ExitCode {
     }
 
     let c = client.clone();
+    // Every branch only queues (sends never wait), so the handler does its
+    // work when it is called and returns a finished future: nothing is
+    // moved into an `async` block, and the client is borrowed, not cloned
+    // per message. A handler that awaits would clone what it needs and
+    // return `async move { .. }` instead.
     client.subscribe_message_handler(move |conn, msg| {
-        let c = c.clone();
-        async move {
-            match msg.r#type.as_str() {
-                // Same id, type, payload and metadata; the sender was stamped
-                // on arrival and the timestamp is stamped on the way out.
-                "echo" => {
-                    if let Err(e) = conn.send(msg) {
-                        debug!(error = %e, "echo not delivered");
-                    }
+        match msg.r#type.as_str() {
+            // Same id, type, payload and metadata; the sender was stamped on
+            // arrival and the timestamp is stamped on the way out.
+            "echo" => {
+                if let Err(e) = conn.send(msg) {
+                    debug!(error = %e, "echo not delivered");
                 }
-                "broadcast" => {
-                    let report = c.broadcast(msg);
-                    if !report.is_complete() {
-                        warn!(failed = report.failed.len(), "broadcast partly failed");
-                    }
-                }
-                "direct" => {
-                    let to = msg.metadata.get("to").cloned().unwrap_or_default();
-                    if let Err(e) = c.send(&to, msg) {
-                        debug!(error = %e, to, "direct message not delivered");
-                    }
-                }
-                other => debug!(r#type = other, user = conn.user_id(), "ignored message"),
             }
+            "broadcast" => {
+                let report = c.broadcast(msg);
+                if !report.is_complete() {
+                    warn!(failed = report.failed.len(), "broadcast partly failed");
+                }
+            }
+            "direct" => {
+                let to = msg.metadata.get("to").cloned().unwrap_or_default();
+                if let Err(e) = c.send(&to, msg) {
+                    debug!(error = %e, to, "direct message not delivered");
+                }
+            }
+            other => debug!(r#type = other, user = conn.user_id(), "ignored message"),
         }
+        std::future::ready(())
     });
 
     add_chat(&client);

@@ -41,6 +41,14 @@ impl<F: ?Sized + Send + Sync + 'static> Subscribers<F> {
     pub fn snapshot(&self) -> Snapshot<F> {
         self.list.load_full()
     }
+
+    /// The subscribers now, borrowed for a moment (per message): unlike
+    /// [`Subscribers::snapshot`] it does not touch the list's shared
+    /// reference count, which every worker thread would otherwise write.
+    /// Not to be kept across an await.
+    pub fn load(&self) -> arc_swap::Guard<Snapshot<F>> {
+        self.list.load()
+    }
 }
 
 trait Unsubscribe: Send + Sync {

@@ -55,7 +55,7 @@ impl Handlers {
     /// message itself and the others a clone (cheap: the payload is shared
     /// `Bytes`).
     pub fn call(&self, conn: &Conn, msg: Message) -> Called {
-        let list = self.message.snapshot();
+        let list = self.message.load();
         match list.as_slice() {
             [] => Called::Done(0),
             [(_, h)] => match call_isolated(|| h(conn.clone(), msg)) {
@@ -63,6 +63,7 @@ impl Handlers {
                 None => Called::Done(1),
             },
             _ => {
+                let list = arc_swap::Guard::into_inner(list);
                 let conn = conn.clone();
                 Called::Many(Box::pin(async move {
                     let mut panics = 0;
