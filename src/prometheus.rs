@@ -71,6 +71,16 @@ const FAMILIES: &[(&str, &str, Read)] = &[
     ("edk_ws_slow_consumer_closes", "Connections closed with 4003 because their send queue overflowed.", Read::Counter(|s| s.send_failures.queue_full)),
     ("edk_ws_handler_panics", "Handlers, routes and policy hooks that panicked (caught).", Read::Counter(|s| s.handler_panics)),
     ("edk_ws_tcp_nodelay_unavailable", "Connections served without TCP_NODELAY.", Read::Counter(|s| s.tcp_nodelay_unavailable)),
+    ("edk_ws_inbound_over_budget", "Inbound messages over their connection's budget, by outcome: answered Error RATE_LIMITED (module requests and messages with an id), or dropped unanswered.", Read::CounterBy("outcome", |s| {
+        vec![("rate_limited", s.inbound_rate_limited), ("dropped", s.inbound_dropped)]
+    })),
+    ("edk_ws_messages_over_entry_limits", "Frames refused with close 1009 before decoding (metadata or map/list entries over their limits).", Read::Counter(|s| s.messages_over_entry_limits)),
+    ("edk_ws_pending_handshakes", "Connections accepted by edk_ws::serve and not yet upgraded, now.", Read::Gauge(|s| s.pending_handshakes)),
+    ("edk_ws_handshake_timeouts", "Connections closed by edk_ws::serve without a complete request head within handshake_timeout.", Read::Counter(|s| s.handshake_timeouts)),
+    ("edk_ws_pending_refused", "Connections answered 503 at accept by edk_ws::serve, by the cap reached: all pending handshakes, or those of one address.", Read::CounterBy("cap", |s| {
+        vec![("total", s.pending_cap_refused), ("per_ip", s.pending_ip_cap_refused)]
+    })),
+    ("edk_ws_malformed_requests", "HTTP requests that did not parse or whose head was over max_header_bytes (400/431).", Read::Counter(|s| s.malformed_requests)),
     ("edk_ws_message_handling_duration_seconds", "Time to handle an inbound message, by what handled it; sampled: one message in 16 per worker thread.", Read::HistogramBy("kind", NS, |s| {
         let h = &s.handling_duration;
         vec![("request", &h.requests), ("route", &h.routes), ("handlers", &h.handlers)]
@@ -196,6 +206,8 @@ mod tests {
                     ..MetricsSnapshot::default()
                 };
                 s.send_failures.queue_full = n;
+                s.inbound_dropped = n + 2;
+                s.pending_ip_cap_refused = n;
                 Some((ns.to_owned(), s))
             })
         };
@@ -225,6 +237,16 @@ mod tests {
         );
         assert!(
             text.contains("edk_ws_slow_consumer_closes_total{namespace=\"layout\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "edk_ws_inbound_over_budget_total{namespace=\"lobby\",outcome=\"dropped\"} 7\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("edk_ws_pending_refused_total{namespace=\"layout\",cap=\"per_ip\"} 2\n"),
             "{text}"
         );
         assert!(

@@ -270,6 +270,18 @@ async fn metrics_after_real_traffic_match_what_the_clients_did() {
     assert_eq!(v(&m, &format!("edk_ws_activities{ns}")), 0.0);
     assert_eq!(v(&m, &format!("edk_ws_queued_messages{ns}")), 0.0);
     assert_eq!(v(&m, &format!("edk_ws_handler_panics_total{ns}")), 0.0);
+    // Hardening counters are exported too (none triggered here).
+    assert_eq!(
+        v(
+            &m,
+            "edk_ws_inbound_over_budget_total{namespace=\"ws\",outcome=\"dropped\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        v(&m, &format!("edk_ws_messages_over_entry_limits_total{ns}")),
+        0.0
+    );
     assert_eq!(
         v(&m, &format!("edk_ws_slow_consumer_closes_total{ns}")),
         0.0
