@@ -223,36 +223,47 @@ async fn slow_handler_does_not_stall_other_connections() {
     assert_eq!(recv(&mut slow).await.id, "s1");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panicking_handlers_are_caught_and_counted() {
-    let srv = TestServer::start_with(Options::default(), |c| {
-        c.subscribe_message_handler(|_conn, m: Message| {
-            if m.r#type == "panic-sync" {
-                panic!("test: panic in the handler body");
+/// A handler that panics on `panic-sync` (when called) and `panic-async`
+/// (in its future); with `echo`, it sends every other message back.
+fn subscribe_panicking(c: &WsClient, echo: bool) {
+    c.subscribe_message_handler(move |conn, m: Message| {
+        if m.r#type == "panic-sync" {
+            panic!("test: panic in the handler body");
+        }
+        async move {
+            if m.r#type == "panic-async" {
+                tokio::task::yield_now().await;
+                panic!("test: panic in the handler future");
             }
-            async move {
-                if m.r#type == "panic-async" {
-                    tokio::task::yield_now().await;
-                    panic!("test: panic in the handler future");
-                }
+            if echo {
+                conn.send(m).expect("echo send failed");
             }
-        });
-        subscribe_echo(c);
-    })
-    .await;
+        }
+    });
+}
 
-    let mut ws = srv.connect("alice").await;
+/// Both kinds of panic are caught and counted, and the connection lives.
+async fn both_panics_are_caught(srv: &TestServer, ws: &mut Ws) {
     assert_eq!(srv.client.metrics().handler_panics, 0);
-
-    send(&mut ws, &msg("p1", "panic-sync", b"")).await;
-    round_trip(&mut ws, "after-sync").await;
-    send(&mut ws, &msg("p2", "panic-async", b"")).await;
-    round_trip(&mut ws, "after-async").await;
-
+    send(ws, &msg("p1", "panic-sync", b"")).await;
+    round_trip(ws, "after-sync").await;
+    send(ws, &msg("p2", "panic-async", b"")).await;
+    round_trip(ws, "after-async").await;
     srv.wait_until("two handler panics", |c| c.metrics().handler_panics >= 2)
         .await;
     assert_eq!(srv.client.metrics().handler_panics, 2);
     assert!(srv.client.is_connected("alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_handlers_are_caught_and_counted() {
+    let srv = TestServer::start_with(Options::default(), |c| {
+        subscribe_panicking(c, false);
+        subscribe_echo(c);
+    })
+    .await;
+    let mut ws = srv.connect("alice").await;
+    both_panics_are_caught(&srv, &mut ws).await;
 
     // The server keeps serving: a new connection works too.
     let mut bob = srv.connect("bob").await;
@@ -264,31 +275,9 @@ async fn panicking_handlers_are_caught_and_counted() {
 /// of the module's own: a panic must still be caught and counted there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_panicking_handler_is_caught_and_counted() {
-    let srv = TestServer::start_with(Options::default(), |c| {
-        c.subscribe_message_handler(|conn, m: Message| {
-            if m.r#type == "panic-sync" {
-                panic!("test: panic in the handler body");
-            }
-            async move {
-                if m.r#type == "panic-async" {
-                    tokio::task::yield_now().await;
-                    panic!("test: panic in the handler future");
-                }
-                conn.send(m).expect("echo send failed");
-            }
-        });
-    })
-    .await;
-
+    let srv = TestServer::start_with(Options::default(), |c| subscribe_panicking(c, true)).await;
     let mut ws = srv.connect("alice").await;
-    send(&mut ws, &msg("p1", "panic-sync", b"")).await;
-    round_trip(&mut ws, "after-sync").await;
-    send(&mut ws, &msg("p2", "panic-async", b"")).await;
-    round_trip(&mut ws, "after-async").await;
-    srv.wait_until("two handler panics", |c| c.metrics().handler_panics >= 2)
-        .await;
-    assert_eq!(srv.client.metrics().handler_panics, 2);
-    assert!(srv.client.is_connected("alice"));
+    both_panics_are_caught(&srv, &mut ws).await;
     round_trip(&mut ws, "alice-last").await;
 }
 

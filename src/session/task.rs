@@ -714,11 +714,17 @@ mod watch_tests {
         )
     }
 
+    /// A connection, its reader's watch, and the timer as the reader arms
+    /// it.
+    fn setup() -> (Connection, Watch, Pin<Box<Sleep>>) {
+        let w = Watch::new(IDLE, CLOSE, GRACE);
+        let sleep = Box::pin(tokio::time::sleep_until(w.last_seen + IDLE));
+        (conn(), w, sleep)
+    }
+
     #[tokio::test]
     async fn a_frame_after_the_deadline_is_activity_not_idleness() {
-        let (c, mut w) = (conn(), Watch::new(IDLE, CLOSE, GRACE));
-        let sleep = tokio::time::sleep_until(w.last_seen + IDLE);
-        tokio::pin!(sleep);
+        let (c, mut w, mut sleep) = setup();
         // What the reader does with a frame that arrives past the deadline.
         let now = w.last_seen + IDLE + Duration::from_millis(1);
         w.last_seen = now;
@@ -729,9 +735,7 @@ mod watch_tests {
 
     #[tokio::test]
     async fn no_frame_until_the_deadline_closes_with_4000() {
-        let (c, mut w) = (conn(), Watch::new(IDLE, CLOSE, GRACE));
-        let sleep = tokio::time::sleep_until(w.last_seen + IDLE);
-        tokio::pin!(sleep);
+        let (c, mut w, mut sleep) = setup();
         let now = w.last_seen + IDLE;
         assert!(w.expired(now, &c, sleep.as_mut()).is_none());
         assert_eq!(c.queue.close_reason(), Some(DisconnectReason::IdleTimeout));
@@ -740,9 +744,7 @@ mod watch_tests {
 
     #[tokio::test]
     async fn after_a_close_request_the_close_timeout_ends_reading() {
-        let (c, mut w) = (conn(), Watch::new(IDLE, CLOSE, GRACE));
-        let sleep = tokio::time::sleep_until(w.last_seen + IDLE);
-        tokio::pin!(sleep);
+        let (c, mut w, mut sleep) = setup();
         c.request_close(CloseRequest::new(4002, "kicked", DisconnectReason::Kicked));
         w.woken(&c, sleep.as_mut());
         let until = w.closing_until.expect("close timeout armed");
@@ -757,9 +759,7 @@ mod watch_tests {
 
     #[tokio::test]
     async fn a_queue_over_its_limits_past_the_grace_closes_with_4003() {
-        let (c, mut w) = (conn(), Watch::new(IDLE, CLOSE, GRACE));
-        let sleep = tokio::time::sleep_until(w.last_seen + IDLE);
-        tokio::pin!(sleep);
+        let (c, mut w, mut sleep) = setup();
         for _ in 0..3 {
             let _ = c.queue.push(Bytes::from_static(b"x"));
         }
