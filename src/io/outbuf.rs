@@ -17,7 +17,7 @@ use std::io::{self, IoSlice};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::{OP_BINARY, OP_CLOSE};
+use super::{close_payload, OP_BINARY, OP_CLOSE};
 
 /// A lone frame up to this size (header included) is copied to the stack
 /// and sent with one plain write (see `FrameWriter::write_out`).
@@ -114,10 +114,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Appends a close frame with `code` and `reason` (cut to fit).
     pub fn close(&mut self, code: u16, reason: &str) -> bool {
-        let mut payload = Vec::with_capacity(2 + reason.len());
-        payload.extend_from_slice(&code.to_be_bytes());
-        payload.extend_from_slice(reason.as_bytes());
-        self.control(OP_CLOSE, &payload)
+        self.control(OP_CLOSE, &close_payload(code, reason))
     }
 
     /// Writes out what is buffered, then frees the buffer.

@@ -23,10 +23,10 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+use super::{close_payload, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 /// The largest read into the stack buffer (the option `read_buffer_size`
 /// may make reads smaller, not larger).
@@ -423,10 +423,7 @@ fn close_frame(payload: Payload<'_>) -> Result<Incoming, ReadError> {
             let reply = if code_allowed(code) {
                 payload.into_bytes()
             } else {
-                let mut r = BytesMut::with_capacity(20);
-                r.put_u16(1002);
-                r.put_slice(b"Protocol violation");
-                r.freeze()
+                Bytes::from(close_payload(1002, "Protocol violation"))
             };
             Ok(Incoming::Close {
                 code: Some(code),
