@@ -359,6 +359,22 @@ fn read_header(p: &[u8]) -> Option<(u64, u64)> {
     Some((seq, ns))
 }
 
+/// Minimum, median and maximum of `v`, and its coefficient of variation
+/// (standard deviation / mean).
+fn spread(v: &mut [f64]) -> serde_json::Value {
+    if v.is_empty() {
+        return serde_json::Value::Null;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    json!({
+        "min": v[0], "median": v[v.len() / 2], "max": v[v.len() - 1],
+        "cv": if mean > 0.0 { var.sqrt() / mean } else { 0.0 },
+    })
+}
+
 fn new_hist() -> Histogram<u64> {
     // microseconds, up to 10 minutes, 3 significant figures (constant, valid)
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
@@ -453,10 +469,19 @@ async fn echo(
     ctx.cpu.stop();
     let mut hist = new_hist();
     let (mut total, mut errors) = (0u64, 0u64);
+    // Per connection: how many echoes it made and its own median RTT. In a
+    // closed loop a connection served faster also makes more echoes, so it
+    // weighs more in the pooled percentiles: how evenly the server serves
+    // its connections moves the pooled p50 at an unchanged mean.
+    let (mut counts, mut medians) = (Vec::with_capacity(conns), Vec::with_capacity(conns));
     for t in tasks {
         let (c, e, h) = t.await.map_err(|e| e.to_string())?;
         total += c;
         errors += e;
+        counts.push(c as f64);
+        if !h.is_empty() {
+            medians.push(pct(&h, 0.5));
+        }
         let _ = hist.add(&h);
     }
     ticker.abort();
@@ -465,7 +490,11 @@ async fn echo(
         "conns": conns, "size": size, "duration_s": elapsed,
         "messages": total, "errors": errors,
         "msgs_per_s": total as f64 / elapsed,
-        "rtt_ms": {"p50": pct(&hist, 0.5), "p99": pct(&hist, 0.99), "p999": pct(&hist, 0.999), "max": hist.max() as f64 / 1000.0},
+        "rtt_ms": {"p50": pct(&hist, 0.5), "p99": pct(&hist, 0.99), "p999": pct(&hist, 0.999), "max": hist.max() as f64 / 1000.0, "mean": hist.mean() / 1000.0},
+        "per_conn": {
+            "msgs": spread(&mut counts),
+            "rtt_p50_ms": spread(&mut medians),
+        },
     }))
 }
 
