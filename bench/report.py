@@ -67,8 +67,11 @@ def fmt(x, unit=""):
         s = f"{x:,.0f}"
     elif abs(x) >= 10:
         s = f"{x:.1f}"
-    else:
+    elif abs(x) >= 0.1 or x == 0:
         s = f"{x:.2f}"
+    else:
+        # Small figures (sub-0.1 ms latencies) keep two significant digits.
+        s = f"{x:.2g}" if abs(x) >= 1e-4 else f"{x:.1e}"
     return s + unit
 
 
@@ -175,7 +178,7 @@ sections = [
      [("msgs/s", "msgs_per_s", ""), ("RTT p50 ms", "rtt_ms.p50", ""), ("RTT mean ms", "rtt_ms.mean", ""), ("RTT p99 ms", "rtt_ms.p99", ""),
       ("RTT p99.9 ms", "rtt_ms.p999", ""), ("server CPU µs/echo", "cpu_us_per_msg", "")],
      "msgs_per_s", False),
-    ("echo-1", "Light-load echo (one connection, closed loop; edk-ws with its inbound message budget lifted)",
+    ("echo-1", "Light-load echo (one connection, closed loop; edk-ws with its inbound budget lifted)",
      [("msgs/s", "msgs_per_s", ""), ("RTT p50 ms", "rtt_ms.p50", ""), ("RTT p99 ms", "rtt_ms.p99", ""),
       ("server CPU µs/echo", "cpu_us_per_msg", "")],
      "rtt_ms.p50", True),
@@ -219,6 +222,13 @@ for scn, title, cols, key, lower_better in sections:
             if t in TARGETS and by_rep.get((scn, t)) and by_rep.get((scn, "bare")):
                 p(f"| *{NAMES[t]} ÷ bare* | " + " | ".join(
                     "" if c[1] in NO_RATIO else paired_cell(scn, t, "bare", c[1]) for c in cols) + " |")
+    # A run with errors (a reply that never came, a failed send) stalled
+    # or ended early: its figures do not measure the same thing.
+    erred = [f"{NAMES[t]} run {rep} ({r['errors']})" for t in TARGETS
+             for rep, r in sorted(by_rep.get((scn, t), {}).items()) if r.get("errors")]
+    if erred:
+        p("")
+        p(f"**Runs with errors** (figures not comparable): {', '.join(erred)}.")
     if any(c[1] == "cpu_us_per_msg" for c in cols) and coarse(scn, *TARGETS):
         p("")
         p(COARSE_NOTE)
