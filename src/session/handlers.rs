@@ -58,10 +58,7 @@ impl Handlers {
         let list = self.message.load();
         match list.as_slice() {
             [] => Called::Done(0),
-            [(_, h)] => match call_isolated(|| h(conn.clone(), msg)) {
-                Some(fut) => Called::One(fut),
-                None => Called::Done(1),
-            },
+            [(_, h)] => call_isolated(|| h(conn.clone(), msg)),
             _ => {
                 let list = arc_swap::Guard::into_inner(list);
                 let conn = conn.clone();
@@ -135,30 +132,17 @@ impl Future for Called {
 /// Calls a handler and awaits its future, catching a panic in either.
 /// Returns `false` when it panicked.
 async fn run_isolated(call: impl FnOnce() -> BoxFuture<'static, ()>) -> bool {
-    match call_isolated(call) {
-        Some(fut) => await_isolated(fut).await,
-        None => false,
-    }
+    call_isolated(call).await == 0
 }
 
-/// Calls a handler, catching a panic in the call (logged; `None`).
-fn call_isolated(call: impl FnOnce() -> BoxFuture<'static, ()>) -> Option<BoxFuture<'static, ()>> {
+/// Calls a handler, catching a panic in the call (logged; `Done(1)`); what
+/// is left to await is its future, whose panics [`Called`] catches.
+fn call_isolated(call: impl FnOnce() -> BoxFuture<'static, ()>) -> Called {
     match std::panic::catch_unwind(AssertUnwindSafe(call)) {
-        Ok(fut) => Some(fut),
+        Ok(fut) => Called::One(fut),
         Err(p) => {
             tracing::error!(panic = panic_text(&*p), "handler panicked");
-            None
-        }
-    }
-}
-
-/// Awaits a handler's future, catching a panic (logged; `false`).
-async fn await_isolated(fut: BoxFuture<'static, ()>) -> bool {
-    match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(()) => true,
-        Err(p) => {
-            tracing::error!(panic = panic_text(&*p), "handler panicked");
-            false
+            Called::Done(1)
         }
     }
 }
